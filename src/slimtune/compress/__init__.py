@@ -1,0 +1,21 @@
+"""Pure transforms ``model -> model``, one config dataclass each, and ``apply``."""
+
+from slimtune.compress.apply import apply, apply_, configs_of
+from slimtune.compress.distill import DistillConfig, TrialDiverged, distill, kd_loss
+from slimtune.compress.factorize import FactorizeConfig, Factorized, factorize
+from slimtune.compress.prune import MagnitudeMask, PruneConfig, magnitude_mask, prune
+from slimtune.compress.quantize import (
+    FakeQuant,
+    QuantizeConfig,
+    dequantize,
+    quantize,
+    quantize_codes,
+)
+
+__all__ = [
+    "apply", "apply_", "configs_of",
+    "DistillConfig", "TrialDiverged", "distill", "kd_loss",
+    "FactorizeConfig", "Factorized", "factorize",
+    "MagnitudeMask", "PruneConfig", "magnitude_mask", "prune",
+    "FakeQuant", "QuantizeConfig", "dequantize", "quantize", "quantize_codes",
+]

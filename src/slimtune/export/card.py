@@ -1,0 +1,99 @@
+"""``export``: copy a trial's artifact out of a run, check it, and write its model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slimtune.data.datasets import load_dataset
+from slimtune.errors import RunDirError
+from slimtune.export.artifact import decode, save
+from slimtune.objectives.accuracy import accuracy
+from slimtune.objectives.flops import flops
+
+__all__ = ["export", "card_path", "evaluate"]
+
+
+def card_path(path: str | Path) -> Path:
+    """The model card beside an exported file: the same path with ``.json`` as suffix."""
+    return Path(path).with_suffix(".json")
+
+
+def evaluate(path: str | Path, data: str | None = None, split: str = "test") -> dict[str, Any]:
+    """Accuracy of an exported file on a split (dataset from its card unless given)."""
+    from slimtune.export.artifact import _read
+
+    raw = _read(path)
+    model, header = decode(raw)
+    if data is None:
+        card = card_path(path)
+        data = "digits"
+        if card.is_file():
+            try:
+                data = json.loads(card.read_text())["dataset"]
+            except (ValueError, KeyError):
+                pass
+    ds = load_dataset(data)
+    x, y = ds.split(split)
+    if tuple(x.shape[1:]) != header.input_shape:
+        raise RunDirError(
+            f"{path} takes inputs of shape {header.input_shape}, but `{data}` has "
+            f"{tuple(x.shape[1:])}; pass the dataset it was made for with --data"
+        )
+    return {"accuracy": accuracy(model, x, y), "dataset": data, "split": split,
+            "examples": len(y)}
+
+
+def export(run_dir: str | Path, trial: int, out: str | Path) -> dict[str, Any]:
+    """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it.
+
+    Returns the card. The test accuracy in the card is measured on the file's own bytes.
+    """
+    from slimtune.search.study import open_run
+
+    run = open_run(run_dir)
+    frozen = {t.number: t for t in run.study.trials}
+    if trial not in frozen:
+        raise RunDirError(f"trial {trial} is not in {run.dir} (it has {len(frozen)} trials)")
+    t = frozen[trial]
+    src = run.artifact_path(trial)
+    if t.state.name != "COMPLETE" or not src.is_file():
+        raise RunDirError(
+            f"trial {trial} of {run.dir} did not complete; pick one from `slimtune front`"
+        )
+    raw = src.read_bytes()
+    model, header = decode(raw)
+    meta = run.meta
+    ds = load_dataset(meta["config"]["data"])
+    test_acc = accuracy(model, ds.x_test, ds.y_test)
+    val_acc = accuracy(model, ds.x_val, ds.y_val)
+    macs = flops(model, header.input_shape)
+    teacher = meta["teacher"]
+    out = Path(out)
+    save(out, raw)
+    card = {
+        "slimtune_version": meta.get("version"),
+        "dataset": meta["config"]["data"],
+        "model": header.model,
+        "trial": trial,
+        "run_dir": str(run.dir),
+        "input_shape": list(header.input_shape),
+        "num_classes": header.num_classes,
+        "plan": header.plan.to_dict(),
+        "val_accuracy": val_acc,
+        "test_accuracy": test_acc,
+        "size_bytes": len(raw),
+        "flops": macs,
+        "teacher": teacher,
+        "ratios": {
+            "size_x_smaller": teacher["size_bytes"] / len(raw),
+            "flops_x_fewer": teacher["flops"] / macs if macs else None,
+            "val_accuracy_relative": val_acc / teacher["accuracy"] if teacher["accuracy"] else None,
+            "test_accuracy_relative": (
+                test_acc / teacher["test_accuracy"] if teacher["test_accuracy"] else None
+            ),
+        },
+    }
+    card_path(out).write_text(json.dumps(card, indent=2) + "\n")
+    return card

@@ -1,0 +1,62 @@
+"""``SearchConfig``: everything one search needs, validated up front."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from slimtune.errors import ConfigError
+
+__all__ = ["SearchConfig", "SAMPLERS"]
+
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    data: str = "digits"
+    model: str = "small_cnn"
+    trials: int = 60
+    epochs: int = 6  # fine-tune epochs of each trial
+    run_dir: Path | None = None  # default: runs/<data>-<model>
+    seed: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    address: str | None = None  # join this Ray cluster instead of starting a local one
+    sampler: str = "nsga2"
+    warm_start: bool = True
+    lr: float = 1e-3  # fine-tune Adam learning rate
+    batch_size: int = 64
+    teacher_epochs: int = 40
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.trials >= 1, f"`--trials` must be at least 1, but got {self.trials}"),
+            (self.epochs >= 0, f"`--epochs` must be at least 0, but got {self.epochs}"),
+            (self.cpus_per_trial > 0,
+             f"`--cpus-per-trial` must be greater than 0, but got {self.cpus_per_trial}"),
+            (self.gpus_per_trial >= 0,
+             f"`--gpus-per-trial` must be at least 0, but got {self.gpus_per_trial}"),
+            (self.gpus_per_trial <= 1 or float(self.gpus_per_trial).is_integer(),
+             f"`--gpus-per-trial` above 1 must be a whole number, but got {self.gpus_per_trial}"),
+            (self.seed >= 0, f"`--seed` must be at least 0, but got {self.seed}"),
+            (self.sampler in SAMPLERS,
+             f"`--sampler` must be one of {', '.join(SAMPLERS)}, but got {self.sampler!r}"),
+            (self.lr > 0, f"`lr` must be greater than 0, but got {self.lr}"),
+            (self.batch_size >= 1, f"`batch_size` must be at least 1, but got {self.batch_size}"),
+            (self.teacher_epochs >= 1,
+             f"`teacher_epochs` must be at least 1, but got {self.teacher_epochs}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / f"{self.data}-{self.model}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"] = str(self.resolved_run_dir)
+        return d

@@ -1,0 +1,96 @@
+"""The Optuna study of a run directory: creation, opening, and the metadata it holds.
+
+Everything about a run lives in the Optuna storage (``<run_dir>/study.db``), so the study
+opens with the plain Optuna API::
+
+    optuna.load_study(study_name="slimtune", storage="sqlite:///<run_dir>/study.db")
+
+Study user attributes: ``slimtune`` (config, teacher metrics, input shape, layers).
+Trial user attributes: ``plan``, ``size_bytes``, ``flops``, ``val_accuracy``, ``seconds``,
+and ``error`` for failed trials. Trial values: (accuracy, size_bytes, flops).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from slimtune.errors import RunDirError
+
+__all__ = [
+    "STUDY_NAME", "DB_NAME", "OBJECTIVES", "DIRECTIONS", "Run", "storage_url", "create_study",
+    "open_run", "make_sampler",
+]
+
+STUDY_NAME = "slimtune"
+DB_NAME = "study.db"
+OBJECTIVES = ("accuracy", "size_bytes", "flops")
+DIRECTIONS = ("maximize", "minimize", "minimize")
+
+
+def storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{(Path(run_dir) / DB_NAME).resolve()}"
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise RunDirError(f"unknown sampler `{name}`")
+
+
+def create_study(run_dir: Path, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    study = optuna.create_study(
+        study_name=STUDY_NAME,
+        storage=storage_url(run_dir),
+        directions=list(DIRECTIONS),
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(OBJECTIVES))
+    return study
+
+
+@dataclass
+class Run:
+    """An existing run directory and its study."""
+
+    dir: Path
+    study: optuna.Study
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.study.user_attrs["slimtune"]
+
+    @property
+    def teacher(self) -> dict[str, Any]:
+        return self.meta["teacher"]
+
+    def artifact_path(self, trial_number: int) -> Path:
+        return self.dir / "trials" / f"trial-{trial_number:05d}.slim"
+
+
+def open_run(run_dir: str | Path, sampler: optuna.samplers.BaseSampler | None = None) -> Run:
+    """Open a finished or running slimtune run; :class:`RunDirError` if it is not one."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise RunDirError(f"{d} is not a directory; give the --run-dir of a slimtune search")
+    if not (d / DB_NAME).is_file():
+        raise RunDirError(f"{d} is not a slimtune run (no {DB_NAME}); run `slimtune search` first")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(d), sampler=sampler)
+    except Exception as exc:  # noqa: BLE001 - a missing study, a foreign database
+        raise RunDirError(f"{d} is not a slimtune run: {exc}") from None
+    if "slimtune" not in study.user_attrs or "teacher" not in study.user_attrs["slimtune"]:
+        raise RunDirError(f"{d} is not a finished slimtune run (no teacher metrics in its study)")
+    return Run(dir=d, study=study)

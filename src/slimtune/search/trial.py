@@ -1,0 +1,82 @@
+"""One trial: compress the teacher by a plan, distil, export, measure. Pure; no Ray here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from slimtune.compress.apply import apply
+from slimtune.compress.distill import DistillConfig, distill
+from slimtune.data.datasets import load_dataset
+from slimtune.export.artifact import decode, encode
+from slimtune.models.zoo import build_model
+from slimtune.objectives.accuracy import accuracy, logits_of
+from slimtune.objectives.flops import flops
+from slimtune.spaces.plan import CompressionPlan
+
+__all__ = ["TrialSpec", "run_trial", "measure"]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    model: str
+    data: str
+    plan: dict[str, Any]
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    threads: int = 1
+    gpu_fraction: float = 0.0  # share of one GPU this trial may use (0 = run on CPU)
+
+
+def measure(
+    student: torch.nn.Module,
+    model_name: str,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    plan: CompressionPlan,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+) -> dict[str, Any]:
+    """Export ``student`` and measure the artifact itself: the numbers a user will get."""
+    blob = encode(student, model_name, num_classes, input_shape, plan)
+    exported, _ = decode(blob)
+    return {
+        "accuracy": accuracy(exported, x_val, y_val),
+        "size_bytes": len(blob),
+        "flops": flops(exported, input_shape),
+        "artifact": blob,
+    }
+
+
+def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, spec.threads))
+    torch.manual_seed(spec.seed)
+    device = torch.device("cpu")
+    if spec.gpu_fraction > 0 and torch.cuda.is_available():
+        device = torch.device("cuda")
+        # Ray does not isolate GPU memory between fractional trials: keep to our share
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec.gpu_fraction))
+    data = load_dataset(spec.data)
+    train = data.to(device)
+    teacher = build_model(spec.model, data.num_classes, data.input_shape).to(device)
+    teacher.load_state_dict(teacher_state)
+    teacher.eval()
+    plan = CompressionPlan.from_dict(spec.plan)
+    t_logits = logits_of(teacher, train.x_train)
+    student = apply(teacher, plan)
+    cfg = DistillConfig(
+        temperature=plan.temperature, alpha=plan.alpha, epochs=spec.epochs,
+        lr=spec.lr, batch_size=spec.batch_size,
+    )
+    distill(student, t_logits, train.x_train, train.y_train, cfg,
+            generator=torch.Generator().manual_seed(spec.seed))
+    out = measure(student, spec.model, data.num_classes, data.input_shape, plan,
+                  data.x_val, data.y_val)
+    out["seconds"] = time.perf_counter() - t0
+    return out

@@ -1,0 +1,6 @@
+"""Search spaces and compression plans."""
+
+from slimtune.spaces.plan import ALLOWED_BITS, CompressionPlan, LayerPlan
+from slimtune.spaces.space import SearchSpace, compressible_layers
+
+__all__ = ["ALLOWED_BITS", "CompressionPlan", "LayerPlan", "SearchSpace", "compressible_layers"]

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One in-process Ray cluster for the whole test session, dashboard off."""
+    import logging
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                 object_store_memory=256 * 1024 * 1024)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from slimtune.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(autouse=True)
+def _tiny_models_registered(monkeypatch):
+    """The tiny test models, addressable by name like the built-in ones."""
+    from slimtune.models import zoo
+    from tests.tiny_models import ConvNet, TwoLinear
+
+    monkeypatch.setitem(zoo.MODELS, "two_linear", lambda n, s: TwoLinear())
+    monkeypatch.setitem(zoo.MODELS, "conv_net", lambda n, s: ConvNet())

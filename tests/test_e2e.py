@@ -1,0 +1,144 @@
+"""End to end through Ray: search -> front -> export -> load -> eval, CLI and library."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+import slimtune
+from slimtune.cli import main
+from slimtune.search import SearchConfig, search
+from slimtune.search.study import DB_NAME, STUDY_NAME, storage_url
+
+
+def _cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exc:
+        main(list(argv))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def run(ray_session, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    config = SearchConfig(trials=5, epochs=1, teacher_epochs=3, run_dir=run_dir, seed=1)
+    return search(config)
+
+
+def _dominates(a, b):
+    ge = a.accuracy >= b.accuracy and a.size_bytes <= b.size_bytes and a.flops <= b.flops
+    gt = a.accuracy > b.accuracy or a.size_bytes < b.size_bytes or a.flops < b.flops
+    return ge and gt
+
+
+def test_search_runs_trials_through_ray_and_the_front_is_non_dominated(run):
+    study = run.run.study
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 5 and run.counts["done"] == 5
+    assert run.front
+    for a in run.front:
+        assert not any(_dominates(b, a) for b in run.front)
+    # every complete trial off the front is dominated by a front point
+    on_front = {p.trial for p in run.front}
+    for t in complete:
+        if t.number not in on_front:
+            acc, size, macs = t.values
+            assert any(p.accuracy >= acc and p.size_bytes <= size and p.flops <= macs
+                       for p in run.front)
+
+
+def test_size_on_the_front_is_the_artifact_length(run):
+    for p in run.front:
+        assert run.run.artifact_path(p.trial).stat().st_size == p.size_bytes
+
+
+def test_study_opens_with_plain_optuna_and_holds_the_metadata(run):
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run.run.dir))
+    meta = study.user_attrs["slimtune"]
+    assert set(meta["teacher"]) >= {"accuracy", "test_accuracy", "size_bytes", "flops"}
+    assert meta["config"]["model"] == "small_cnn" and meta["input_shape"] == [1, 8, 8]
+    t = study.best_trials[0]
+    assert set(t.user_attrs) >= {"plan", "size_bytes", "flops", "val_accuracy"}
+    assert t.values[1] == t.user_attrs["size_bytes"]
+    assert study.metric_names == ["accuracy", "size_bytes", "flops"]
+
+
+def test_front_json_cli_and_html(run, capsys):
+    code, out, _ = _cli(capsys, "front", str(run.run.dir), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc["teacher"]) == {"accuracy", "size_bytes", "flops"}
+    assert [p["trial"] for p in doc["front"]] == [p.trial for p in run.front]
+    assert set(doc["front"][0]) == {"trial", "accuracy", "size_bytes", "flops", "plan"}
+    html = (run.run.dir / "pareto.html").read_text()
+    assert "plotly" in html and "Pareto front" in html and len(html) > 100_000  # js inlined
+    code, out, _ = _cli(capsys, "front", str(run.run.dir))
+    assert code == 0 and "teacher" in out and "x smaller" in out
+
+
+def test_export_load_and_eval_agree_with_the_model_card(run, capsys, tmp_path):
+    trial = run.front[len(run.front) // 2].trial
+    out_path = tmp_path / "student.slim"
+    code, _, err = _cli(capsys, "export", str(run.run.dir), "--trial", str(trial),
+                        "--out", str(out_path))
+    assert code == 0, err
+    card = json.loads(out_path.with_suffix(".json").read_text())
+    for key in ("plan", "val_accuracy", "test_accuracy", "size_bytes", "flops", "input_shape",
+                "dataset", "model", "ratios"):
+        assert key in card
+    assert card["size_bytes"] == out_path.stat().st_size
+    assert card["ratios"]["size_x_smaller"] == pytest.approx(
+        card["teacher"]["size_bytes"] / card["size_bytes"])
+    # the val accuracy in the card is the one on the front
+    point = next(p for p in run.front if p.trial == trial)
+    assert card["val_accuracy"] == pytest.approx(point.accuracy, abs=1e-6)
+
+    from slimtune.data import load_dataset
+    from slimtune.objectives import accuracy
+
+    model = slimtune.load(out_path)
+    ds = load_dataset("digits")
+    assert abs(accuracy(model, ds.x_test, ds.y_test) - card["test_accuracy"]) <= 0.001
+    code, out, _ = _cli(capsys, "eval", str(out_path), "--json")
+    assert code == 0
+    assert abs(json.loads(out)["accuracy"] - card["test_accuracy"]) <= 0.001
+
+
+def test_a_second_search_in_the_same_run_dir_reuses_the_teacher(run, ray_session):
+    teacher = run.run.dir / "teacher.pt"
+    before = teacher.stat().st_mtime_ns
+    again = search(SearchConfig(trials=1, epochs=0, teacher_epochs=3, run_dir=run.run.dir,
+                                seed=1))
+    assert teacher.stat().st_mtime_ns == before
+    assert len(again.run.study.trials) == 6
+    assert (run.run.dir / DB_NAME).is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["search", "--model", "resnet9000"], "unknown model `resnet9000`"),
+        (["search", "--data", "imagenet"], "unknown dataset `imagenet`"),
+        (["search", "--trials", "0"], "--trials"),
+        (["search", "--cpus-per-trial", "-1"], "--cpus-per-trial"),
+        (["search", "--gpus-per-trial", "0.5", "--trials", "1"], "GPUs"),
+        (["front", "."], "not a slimtune run"),
+        (["export", ".", "--trial", "0", "--out", "x.slim"], "not a slimtune run"),
+        (["eval", "missing.slim"], "no artifact"),
+        (["eval", "pyproject.toml"], "not a slimtune artifact"),
+    ],
+)
+def test_user_errors_are_one_line_on_stderr_with_exit_code_2(argv, needle, capsys, ray_session,
+                                                             tmp_path, monkeypatch):
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).parents[1] / "pyproject.toml", tmp_path / "pyproject.toml")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("slimtune: error: ")
+    assert needle in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists(), "no half-written run directory"

@@ -1,0 +1,60 @@
+"""Size and FLOPs of models small enough to count by hand."""
+
+from __future__ import annotations
+
+import torch
+
+from slimtune.compress import apply
+from slimtune.export.artifact import Header
+from slimtune.objectives import accuracy, flops
+from slimtune.objectives.size import size_bytes
+from slimtune.spaces import CompressionPlan, LayerPlan
+from tests.tiny_models import ConvNet, TwoLinear
+
+PREFIX, CRC = 13, 4  # b"SLIMTUNE" + u8 format + u32 header length; u32 CRC-32
+
+
+def _payload(model, plan, shape=(4,)):
+    """Artifact size minus the fixed prefix, header and checksum."""
+    header = Header("two_linear", 2, shape, plan).to_bytes()
+    return size_bytes(model, "two_linear", 2, shape, plan) - PREFIX - len(header) - CRC
+
+
+def test_flops_of_hand_countable_models():
+    assert flops(TwoLinear(), (4,)) == 4 * 3 + 3 * 2
+    # c1: 4 x 6 x 6 outputs x 9 MACs; c2: 8 x 3 x 3 outputs x (4 x 9) MACs; fc: 72 x 5
+    assert flops(ConvNet(), (1, 6, 6)) == 4 * 36 * 9 + 8 * 9 * 36 + 72 * 5
+
+
+def test_flops_of_a_factorized_model_counts_both_halves():
+    plan = CompressionPlan({"c2": LayerPlan(rank_ratio=0.25)})  # rank 2 of 8
+    student = apply(ConvNet(), plan)
+    # c2 -> 3x3 conv 4 -> 2 (2 x 9 outputs x 36) + 1x1 conv 2 -> 8 (8 x 9 outputs x 2)
+    assert flops(student, (1, 6, 6)) == 4 * 36 * 9 + 2 * 9 * 36 + 8 * 9 * 2 + 72 * 5
+
+
+def test_size_of_an_uncompressed_model_is_its_float32_tensors():
+    model = TwoLinear()
+    assert _payload(model, CompressionPlan()) == 4 * (12 + 3 + 6 + 2)
+
+
+def test_size_counts_packed_nonzeros_bitmap_scales_and_biases_by_hand():
+    plan = CompressionPlan({"fc1": LayerPlan(sparsity=0.5, bits=4),
+                            "fc2": LayerPlan(sparsity=0.0, bits=3)})
+    student = apply(TwoLinear(), plan)
+    fc1 = 3 * 4 + 2 + 3 + 3 * 4  # scales, bitmap of 12, 6 non-zeros x 4 bits, bias
+    fc2 = 2 * 4 + 3 + 2 * 4  # scales, 6 codes x 3 bits = 18 bits -> 3 bytes, bias
+    assert _payload(student, plan) == fc1 + fc2
+
+
+def test_size_of_pruned_float32_weights():
+    plan = CompressionPlan({"fc1": LayerPlan(sparsity=0.75)})  # 9 of 12 zeroed
+    student = apply(TwoLinear(), plan)
+    assert _payload(student, plan) == (2 + 3 * 4 + 3 * 4) + (6 * 4 + 2 * 4)
+
+
+def test_accuracy_is_the_fraction_of_correct_argmax():
+    model = torch.nn.Identity()
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.1]])
+    y = torch.tensor([0, 1, 1, 0])
+    assert accuracy(model, x, y) == 0.75
