@@ -75,7 +75,7 @@ def test_front_json_cli_and_html(run, capsys):
     html = (run.run.dir / "pareto.html").read_text()
     assert "plotly" in html and "Pareto front" in html and len(html) > 100_000  # js inlined
     code, out, _ = _cli(capsys, "front", str(run.run.dir))
-    assert code == 0 and "teacher" in out and "x smaller" in out
+    assert code == 0 and "teacher" in out and "x smaller" in out and "FLOPs" in out
 
 
 def test_export_load_and_eval_agree_with_the_model_card(run, capsys, tmp_path):

@@ -98,7 +98,8 @@ def search(**kwargs: Any) -> None:
     def started(n: int, concurrency: int) -> None:
         state["task"] = progress.add_task("trials", total=n, info="")
         progress.console.log(
-            f"running {n} trials, {concurrency} at a time, {config.epochs} fine-tune epochs each"
+            f"running {n} trials, {concurrency} at a time, {config.epochs} fine-tune epochs "
+            "each (x = smaller / fewer than the teacher)"
         )
 
     def trial_done(t: Any, counts: dict[str, int]) -> None:
@@ -107,8 +108,8 @@ def search(**kwargs: Any) -> None:
             acc, size, macs = t.values
             progress.console.print(
                 f"trial {t.number:3d}  acc {acc:.4f}  {_fmt_bytes(size):>9} "
-                f"{teacher['size_bytes'] / size:5.1f}x smaller  {_fmt_count(macs):>7} MACs "
-                f"{teacher['flops'] / max(macs, 1):4.2f}x fewer  "
+                f"({teacher['size_bytes'] / size:4.1f}x)  {_fmt_count(macs):>7} MACs "
+                f"({teacher['flops'] / max(macs, 1):4.2f}x)  "
                 f"{t.user_attrs.get('seconds', 0):4.1f} s"
             )
         else:
@@ -145,7 +146,7 @@ def _print_front(run_dir: Path) -> None:
     t = info.teacher
     table = Table(title=f"Pareto front of {run_dir} ({info.model} on {info.dataset}; "
                         "accuracy on the validation split)")
-    for col in ("trial", "accuracy", "size", "x smaller", "MACs", "x fewer"):
+    for col in ("trial", "accuracy", "size", "x smaller", "FLOPs (MACs)", "x fewer"):
         table.add_column(col, justify="right")
     table.add_row("teacher", f"{t['accuracy']:.4f}", _fmt_bytes(t["size_bytes"]), "1.0",
                   _fmt_count(t["flops"]), "1.00", style="bold")
