@@ -42,3 +42,12 @@ def _tiny_models_registered(monkeypatch):
 
     monkeypatch.setitem(zoo.MODELS, "two_linear", lambda n, s: TwoLinear())
     monkeypatch.setitem(zoo.MODELS, "conv_net", lambda n, s: ConvNet())
+
+
+@pytest.fixture(autouse=True)
+def _tiny_resnet_registered(monkeypatch):
+    """A CIFAR ResNet-8 of width 4: residual additions, small enough for property tests."""
+    from slimtune.models import zoo
+
+    monkeypatch.setitem(zoo.MODELS, "tiny_resnet",
+                        lambda n, s: zoo.CifarResNet(8, n, s[0], width=4))

@@ -18,8 +18,8 @@ from slimtune.spaces import CompressionPlan, SearchSpace
 CASES = [("conv_net", (1, 6, 6), 5), ("small_cnn", (1, 8, 8), 10)]
 
 
-def _random_plans(model, n, seed):
-    space = SearchSpace.from_model(model)
+def _random_plans(model, shape, n, seed):
+    space = SearchSpace.from_model(model, shape)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     plans = []
     for _ in range(n):
@@ -34,8 +34,8 @@ def test_export_round_trip_matches_the_in_memory_student_and_its_size(name, shap
                                                                       tmp_path):
     teacher = build_model(name, classes, shape).eval()
     x = torch.randn(16, *shape)
-    for i, plan in enumerate(_random_plans(teacher, 15, seed=len(name))):
-        student = apply(teacher, plan).eval()
+    for i, plan in enumerate(_random_plans(teacher, shape, 15, seed=len(name))):
+        student = apply(teacher, plan, shape).eval()
         blob = encode(student, name, classes, shape, plan)
         path = tmp_path / f"s{i}.slim"
         save(path, blob)
@@ -48,7 +48,7 @@ def test_export_round_trip_matches_the_in_memory_student_and_its_size(name, shap
 
 def test_compression_makes_the_file_smaller():
     teacher = build_model("small_cnn", 10, (1, 8, 8)).eval()
-    layers = SearchSpace.from_model(teacher).layers
+    layers = SearchSpace.from_model(teacher, (1, 8, 8)).layers
     dense = len(encode(teacher, "small_cnn", 10, (1, 8, 8), CompressionPlan()))
     sizes = []
     for bits in (8, 4, 2):
@@ -58,11 +58,20 @@ def test_compression_makes_the_file_smaller():
     assert dense / sizes[2] > 10
 
 
-def _blob():
-    teacher = build_model("conv_net", 5, (1, 6, 6)).eval()
-    plan = CompressionPlan.uniform(list(SearchSpace.from_model(teacher).layers),
-                                   sparsity=0.5, rank_ratio=0.6, bits=3)
-    return encode(apply(teacher, plan), "conv_net", 5, (1, 6, 6), plan)
+def _blobs():
+    """Artifacts with every section kind: scales, bitmap and delta indices, packed codes,
+    float32 values, structured-pruned and factorized layers, a residual model."""
+    out = []
+    for name, shape, classes, kw in [
+        ("conv_net", (1, 6, 6), 5, dict(sparsity=0.5, rank_ratio=0.6, bits=3)),
+        ("conv_net", (1, 6, 6), 5, dict(sparsity=0.95, bits=32)),  # delta-coded indices
+        ("tiny_resnet", (1, 8, 8), 10, dict(sparsity=0.3, keep_ratio=0.5, bits=6)),
+    ]:
+        teacher = build_model(name, classes, shape).eval()
+        space = SearchSpace.from_model(teacher, shape)
+        plan = CompressionPlan.uniform(list(space.layers), keep_all=space.fixed_channels, **kw)
+        out.append(encode(apply(teacher, plan, shape), name, classes, shape, plan))
+    return out
 
 
 def _resign(body: bytes) -> bytes:
@@ -70,9 +79,10 @@ def _resign(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def test_truncated_and_corrupted_artifacts_raise_artifact_error():
-    blob = _blob()
-    rng = random.Random(0)
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_truncated_and_corrupted_artifacts_raise_artifact_error(which):
+    blob = _blobs()[which]
+    rng = random.Random(which)
     damaged = [blob[:n] for n in range(0, len(blob), max(1, len(blob) // 60))]
     for _ in range(150):
         b = bytearray(blob)

@@ -42,7 +42,7 @@ def test_size_counts_packed_nonzeros_bitmap_scales_and_biases_by_hand():
     plan = CompressionPlan({"fc1": LayerPlan(sparsity=0.5, bits=4),
                             "fc2": LayerPlan(sparsity=0.0, bits=3)})
     student = apply(TwoLinear(), plan)
-    fc1 = 3 * 4 + 2 + 3 + 3 * 4  # scales, bitmap of 12, 6 non-zeros x 4 bits, bias
+    fc1 = 3 * 4 + 1 + 2 + 3 + 3 * 4  # scales, tag + bitmap of 12, 6 non-zeros x 4 bits, bias
     fc2 = 2 * 4 + 3 + 2 * 4  # scales, 6 codes x 3 bits = 18 bits -> 3 bytes, bias
     assert _payload(student, plan) == fc1 + fc2
 
@@ -50,7 +50,36 @@ def test_size_counts_packed_nonzeros_bitmap_scales_and_biases_by_hand():
 def test_size_of_pruned_float32_weights():
     plan = CompressionPlan({"fc1": LayerPlan(sparsity=0.75)})  # 9 of 12 zeroed
     student = apply(TwoLinear(), plan)
-    assert _payload(student, plan) == (2 + 3 * 4 + 3 * 4) + (6 * 4 + 2 * 4)
+    assert _payload(student, plan) == (1 + 2 + 3 * 4 + 3 * 4) + (6 * 4 + 2 * 4)
+
+
+def test_a_very_sparse_layer_stores_delta_coded_indices_when_smaller():
+    from torch import nn
+
+    from slimtune.export.artifact import _decode_index, _encode_index, _Reader
+
+    model = nn.Sequential(nn.Linear(100, 10))  # 1000 weights
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1000, dtype=torch.float32).reshape(10, 100))
+    plan = CompressionPlan({"0": LayerPlan(sparsity=0.99)})  # keeps 10: indices 990..999
+    student = apply(model, plan)
+    keep = (student[0].weight != 0).flatten().numpy()
+    assert keep.sum() == 10 and keep[990:].all()
+    # gaps: 990 then nine 0s -> width 10 bits; 2 + ceil(10 * 10 / 8) = 15 bytes < 1 + 125
+    index = _encode_index(keep)
+    assert len(index) == 15 and index[0] == 1
+    assert (_decode_index(_Reader(index, 0, len(index)), 1000, 10, "w") == keep).all()
+    header = Header("m", 10, (100,), plan).to_bytes()
+    payload = len(_encode_index(keep)) + 10 * 4 + 10 * 4  # index, float32 values, bias
+    from slimtune.export.artifact import encode
+    from slimtune.models import zoo
+
+    zoo.MODELS["m"] = lambda n, s: nn.Sequential(nn.Linear(100, 10))
+    try:
+        blob = encode(student, "m", 10, (100,), plan)
+    finally:
+        del zoo.MODELS["m"]
+    assert len(blob) == PREFIX + len(header) + payload + CRC
 
 
 def test_accuracy_is_the_fraction_of_correct_argmax():

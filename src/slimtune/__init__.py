@@ -48,11 +48,11 @@ def front(run_dir: Any) -> Any:
     return front_info(run_dir).to_dict()
 
 
-def export(run_dir: Any, trial: int, out: Any) -> dict[str, Any]:
-    """Export one trial of a run; returns the model card."""
+def export(run_dir: Any, trial: int, out: Any, *, onnx: bool = False) -> dict[str, Any]:
+    """Export one trial of a run (and ``.onnx`` beside it if asked); returns the model card."""
     from slimtune.export.card import export as _export
 
-    return _export(run_dir, trial, out)
+    return _export(run_dir, trial, out, onnx=onnx)
 
 
 def load(path: Any) -> nn.Module:

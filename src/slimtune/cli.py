@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from slimtune.errors import SlimtuneError
-from slimtune.search.config import SAMPLERS
+from slimtune.search.config import PRUNING_MODES, SAMPLERS
 from slimtune.search.config import SearchConfig as _D
 
 err = Console(stderr=True, highlight=False, log_path=False)
@@ -62,11 +62,17 @@ def cli() -> None:
               show_default=True)
 @click.option("--warm-start/--no-warm-start", default=True, show_default=True,
               help="Begin with uniform plans (every layer alike) from light to heavy.")
+@click.option("--pruning", type=click.Choice(list(PRUNING_MODES)), default=_D.pruning,
+              show_default=True,
+              help="Per-layer pruning knobs: weight sparsity, channel keep ratio, or both.")
+@click.option("--objectives", default=",".join(_D.objectives), show_default=True,
+              help="Comma-separated objectives from accuracy,size,flops,latency.")
 def search(**kwargs: Any) -> None:
     """Search for the best accuracy / size / FLOPs trade-offs."""
     from slimtune.search import SearchConfig, SearchEvents
     from slimtune.search import search as run_search
 
+    kwargs["objectives"] = tuple(o.strip() for o in kwargs["objectives"].split(",") if o.strip())
     config = SearchConfig(**kwargs)
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -105,7 +111,8 @@ def search(**kwargs: Any) -> None:
     def trial_done(t: Any, counts: dict[str, int]) -> None:
         teacher = state["teacher"]
         if t.state.name == "COMPLETE":
-            acc, size, macs = t.values
+            a = t.user_attrs
+            acc, size, macs = a["val_accuracy"], a["size_bytes"], a["flops"]
             progress.console.print(
                 f"trial {t.number:3d}  acc {acc:.4f}  {_fmt_bytes(size):>9} "
                 f"({teacher['size_bytes'] / size:4.1f}x)  {_fmt_count(macs):>7} MACs "
@@ -146,14 +153,27 @@ def _print_front(run_dir: Path) -> None:
     t = info.teacher
     table = Table(title=f"Pareto front of {run_dir} ({info.model} on {info.dataset}; "
                         "accuracy on the validation split)")
-    for col in ("trial", "accuracy", "size", "x smaller", "FLOPs (MACs)", "x fewer"):
+    cols = ["trial", "accuracy", "size", "x smaller", "FLOPs", "x fewer", "dense", "BOPs"]
+    if info.has_latency:
+        cols.append("latency")
+    for col in cols:
         table.add_column(col, justify="right")
-    table.add_row("teacher", f"{t['accuracy']:.4f}", _fmt_bytes(t["size_bytes"]), "1.0",
-                  _fmt_count(t["flops"]), "1.00", style="bold")
+
+    def row(name: str, p: Any, xs: str, xf: str, style: str | None = None) -> None:
+        cells = [name, f"{p['accuracy']:.4f}", _fmt_bytes(p["size_bytes"]), xs,
+                 _fmt_count(p["flops"]), xf, _fmt_count(p.get("dense_flops") or 0),
+                 _fmt_count(p.get("bitops") or 0)]
+        if info.has_latency:
+            lat = p.get("latency_ms")
+            cells.append(f"{lat:.3f} ms" if lat is not None else "-")
+        table.add_row(*cells, style=style)
+
+    row("teacher", t, "1.0", "1.00", style="bold")
     for p in info.front:
-        table.add_row(str(p.trial), f"{p.accuracy:.4f}", _fmt_bytes(p.size_bytes),
-                      f"{info.x_smaller(p):.1f}", _fmt_count(p.flops), f"{info.x_fewer(p):.2f}")
-    Console(highlight=False).print(table)
+        row(str(p.trial), p.to_dict(), f"{info.x_smaller(p):.1f}", f"{info.x_fewer(p):.2f}")
+    Console(highlight=False, width=max(100, Console().width)).print(table)
+    err.print("FLOPs = effective MACs at batch 1 (pruned weights skipped; the objective), "
+              "dense = every weight multiplied, BOPs = MACs x weight bits x 32 activation bits")
     html = write_html(info)
     err.print(f"interactive plot: {html}")
     if info.front:
@@ -181,12 +201,14 @@ def front(run_dir: Path, as_json: bool) -> None:
 @click.option("--trial", type=click.IntRange(min=0), required=True, help="Trial number.")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="File to write; the model card goes beside it with a .json suffix.")
-def export(run_dir: Path, trial: int, out: Path) -> None:
+@click.option("--onnx", is_flag=True,
+              help="Also write PATH.onnx (dequantized float32 weights), checked with onnxruntime.")
+def export(run_dir: Path, trial: int, out: Path, onnx: bool) -> None:
     """Export one trial's compressed model and its model card."""
     from slimtune.export.card import card_path
     from slimtune.export.card import export as run_export
 
-    card = run_export(run_dir, trial, out)
+    card = run_export(run_dir, trial, out, onnx=onnx)
     r = card["ratios"]
     err.print(
         f"wrote {out} ({card['size_bytes']:,} bytes, {r['size_x_smaller']:.1f}x smaller than "
@@ -195,6 +217,11 @@ def export(run_dir: Path, trial: int, out: Path) -> None:
         f"(teacher {card['teacher']['test_accuracy']:.4f}), "
         f"{_fmt_count(card['flops'])} MACs ({r['flops_x_fewer']:.2f}x fewer)"
     )
+    if onnx:
+        o = card["onnx"]
+        err.print(f"wrote {o['path']} ({o['bytes']:,} bytes, float32 weights): onnxruntime "
+                  f"agrees with PyTorch on {o['argmax_agreement']:.1%} of a test batch "
+                  f"(max |diff| {o['max_abs_diff']:.1e})")
 
 
 @cli.command("eval")

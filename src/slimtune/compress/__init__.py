@@ -11,9 +11,10 @@ from slimtune.compress.quantize import (
     quantize,
     quantize_codes,
 )
+from slimtune.compress.structured import ChannelPruneConfig, channel_prune
 
 __all__ = [
-    "apply", "apply_", "configs_of",
+    "apply", "apply_", "configs_of", "ChannelPruneConfig", "channel_prune",
     "DistillConfig", "TrialDiverged", "distill", "kd_loss",
     "FactorizeConfig", "Factorized", "factorize",
     "MagnitudeMask", "PruneConfig", "magnitude_mask", "prune",

@@ -9,28 +9,63 @@ from torch import nn
 from slimtune.compress.factorize import FactorizeConfig, factorize
 from slimtune.compress.prune import PruneConfig, prune
 from slimtune.compress.quantize import QuantizeConfig, quantize
-from slimtune.spaces.plan import CompressionPlan
+from slimtune.compress.structured import ChannelPruneConfig, channel_prune
+from slimtune.errors import ConfigError
+from slimtune.spaces.plan import CompressionPlan, LayerPlan
 
-__all__ = ["apply", "apply_", "configs_of"]
+__all__ = ["apply", "apply_", "configs_of", "plan_modules"]
 
 
-def configs_of(plan: CompressionPlan) -> tuple[FactorizeConfig, PruneConfig, QuantizeConfig]:
+def configs_of(
+    plan: CompressionPlan,
+) -> tuple[ChannelPruneConfig, FactorizeConfig, PruneConfig, QuantizeConfig]:
     """Split a plan into one config per transform (only layers the transform changes)."""
     return (
+        ChannelPruneConfig({n: lp.keep_ratio for n, lp in plan.layers.items()
+                            if lp.keep_ratio < 1}),
         FactorizeConfig({n: lp.rank_ratio for n, lp in plan.layers.items() if lp.rank_ratio < 1}),
         PruneConfig({n: lp.sparsity for n, lp in plan.layers.items() if lp.sparsity > 0}),
         QuantizeConfig({n: lp.bits for n, lp in plan.layers.items() if lp.bits < 32}),
     )
 
 
-def apply_(model: nn.Module, plan: CompressionPlan) -> nn.Module:
-    """Compress ``model`` in place; returns it (the factorized layers are new modules)."""
-    fact, pr, qu = configs_of(plan)
+def apply_(
+    model: nn.Module, plan: CompressionPlan, input_shape: tuple[int, ...] | None = None
+) -> nn.Module:
+    """Compress ``model`` in place; returns it (the factorized layers are new modules).
+
+    Order: structured channel pruning, factorization, unstructured pruning, quantization.
+    ``input_shape`` (without the batch) is needed when the plan prunes channels.
+    """
+    chan, fact, pr, qu = configs_of(plan)
+    if chan.keep_ratio:
+        if input_shape is None:
+            raise ConfigError("the plan prunes channels: pass the model's `input_shape`")
+        model = channel_prune(model, chan, tuple(input_shape), inplace=True)
     model = factorize(model, fact, inplace=True)
     model = prune(model, pr, inplace=True)
     return quantize(model, qu, inplace=True)
 
 
-def apply(model: nn.Module, plan: CompressionPlan) -> nn.Module:
+def apply(
+    model: nn.Module, plan: CompressionPlan, input_shape: tuple[int, ...] | None = None
+) -> nn.Module:
     """A compressed copy of ``model`` (the input is left untouched)."""
-    return apply_(copy.deepcopy(model), plan)
+    return apply_(copy.deepcopy(model), plan, input_shape)
+
+
+def plan_modules(model: nn.Module, plan: CompressionPlan) -> dict[str, LayerPlan]:
+    """Module name -> its layer's plan, for every Conv2d/Linear a plan layer became
+    (both halves of a factorized layer), in module order."""
+    from slimtune.compress.factorize import Factorized
+
+    out: dict[str, LayerPlan] = {}
+    for name, lp in plan.layers.items():
+        module = model.get_submodule(name)
+        if isinstance(module, Factorized):
+            for i in range(len(module)):
+                out[f"{name}.{i}"] = lp
+        else:
+            out[name] = lp
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    return dict(sorted(out.items(), key=lambda kv: order[kv[0]]))

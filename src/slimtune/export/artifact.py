@@ -35,10 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimtune.compress.factorize import FactorizeConfig, Factorized, factorize
+from slimtune.compress.apply import configs_of, plan_modules
+from slimtune.compress.factorize import factorize
 from slimtune.compress.plain import plain_copy
 from slimtune.compress.prune import pruned_count
 from slimtune.compress.quantize import dequantize, quantize_codes
+from slimtune.compress.structured import channel_prune
 from slimtune.errors import ArtifactError, SlimtuneError
 from slimtune.models.zoo import build_model
 from slimtune.spaces.plan import CompressionPlan
@@ -82,32 +84,79 @@ class Header:
 class _Spec:
     bits: int
     masked: bool
+    nnz: int  # kept weights: exact from the plan and the shape
 
 
 def _weight_specs(plain: nn.Module, plan: CompressionPlan) -> dict[str, _Spec]:
     """State-dict key -> how it is stored, for every weight the plan compresses."""
     specs: dict[str, _Spec] = {}
-    for name, lp in plan.layers.items():
-        module = plain.get_submodule(name)
-        parts = (
-            [(f"{name}.{i}", m) for i, m in enumerate(module)]
-            if isinstance(module, Factorized)
-            else [(name, module)]
-        )
-        for pname, part in parts:
-            masked = pruned_count(part.weight.numel(), lp.sparsity) > 0
-            if masked or lp.bits < 32:
-                specs[f"{pname}.weight"] = _Spec(bits=lp.bits, masked=masked)
+    for mname, lp in plan_modules(plain, plan).items():
+        numel = plain.get_submodule(mname).weight.numel()
+        masked = pruned_count(numel, lp.sparsity) > 0
+        if masked or lp.bits < 32:
+            specs[f"{mname}.weight"] = _Spec(bits=lp.bits, masked=masked,
+                                             nnz=numel - pruned_count(numel, lp.sparsity))
     return specs
 
 
+def stored_weights(plain: nn.Module, plan: CompressionPlan) -> dict[str, tuple[int, int]]:
+    """Module name -> (weights stored in the artifact, bits) for each compressed layer."""
+    out = {}
+    for mname, lp in plan_modules(plain, plan).items():
+        numel = plain.get_submodule(mname).weight.numel()
+        out[mname] = (numel - pruned_count(numel, lp.sparsity), lp.bits)
+    return out
+
+
 def skeleton(header: Header) -> nn.Module:
-    """The compressed model's structure (factorized where the plan says), weights unset."""
+    """The compressed model's structure, weights unset: channel-pruned and factorized as
+    the plan says (both depend on shapes only, never on weights)."""
     model = build_model(header.model, header.num_classes, header.input_shape)
-    fact = FactorizeConfig(
-        {n: lp.rank_ratio for n, lp in header.plan.layers.items() if lp.rank_ratio < 1}
-    )
+    chan, fact, _, _ = configs_of(header.plan)
+    if chan.keep_ratio:
+        model = channel_prune(model, chan, header.input_shape, inplace=True)
     return factorize(model, fact, with_weights=False, inplace=True)
+
+
+_BITMAP, _DELTA = 0, 1
+
+
+def _encode_index(keep: np.ndarray) -> bytes:
+    """The kept positions as a bitmap or as fixed-width gaps, whichever is smaller.
+
+    bitmap: tag 0, 1 bit per weight. delta: tag 1, u8 width w, then the gaps between kept
+    positions (``idx[i] - idx[i-1] - 1``, the first is ``idx[0]``) at w bits each.
+    """
+    bitmap = bytes([_BITMAP]) + np.packbits(keep, bitorder="little").tobytes()
+    idx = np.flatnonzero(keep)
+    if len(idx) == 0:
+        return bitmap
+    gaps = np.diff(idx, prepend=-1) - 1
+    width = max(1, int(gaps.max()).bit_length())
+    if 2 + (len(idx) * width + 7) // 8 >= len(bitmap):
+        return bitmap
+    return bytes([_DELTA, width]) + _pack(gaps, width)
+
+
+def _decode_index(reader: _Reader, n: int, nnz: int, key: str) -> np.ndarray:
+    tag = reader.take(1)[0]
+    if tag == _BITMAP:
+        keep = np.unpackbits(np.frombuffer(reader.take(math.ceil(n / 8)), dtype=np.uint8),
+                             count=n, bitorder="little").astype(bool)
+        if int(keep.sum()) != nnz:
+            raise ArtifactError(f"the artifact's sparsity bitmap for `{key}` is corrupted")
+        return keep
+    if tag != _DELTA:
+        raise ArtifactError(f"the artifact has an unknown index coding for `{key}`")
+    width = reader.take(1)[0]
+    if not 1 <= width <= 32:
+        raise ArtifactError(f"the artifact's sparse index for `{key}` is corrupted")
+    idx = np.cumsum(_unpack(reader.take(math.ceil(nnz * width / 8)), nnz, width) + 1) - 1
+    if nnz and idx[-1] >= n:
+        raise ArtifactError(f"the artifact's sparse index for `{key}` is out of range")
+    keep = np.zeros(n, dtype=bool)
+    keep[idx] = True
+    return keep
 
 
 def _pack(codes: np.ndarray, bits: int) -> bytes:
@@ -162,7 +211,7 @@ def encode(
             codes, scale = quantize_codes(w, bits)
             chunks.append(_raw_bytes(scale))
         if flat_keep is not None:
-            chunks.append(np.packbits(flat_keep, bitorder="little").tobytes())
+            chunks.append(_encode_index(flat_keep))
         if bits < 32:
             qmax = 2 ** (bits - 1) - 1
             c = codes.reshape(-1).numpy()
@@ -230,14 +279,8 @@ def decode(data: bytes) -> tuple[nn.Module, Header]:
             )
             if not torch.isfinite(scale).all() or (scale <= 0).any():
                 raise ArtifactError(f"the artifact holds invalid scales for `{key}`")
-        if spec.masked:
-            keep = np.unpackbits(
-                np.frombuffer(reader.take(math.ceil(n / 8)), dtype=np.uint8),
-                count=n, bitorder="little",
-            ).astype(bool)
-        else:
-            keep = np.ones(n, dtype=bool)
-        nnz = int(keep.sum())
+        keep = _decode_index(reader, n, spec.nnz, key) if spec.masked else np.ones(n, bool)
+        nnz = spec.nnz
         if spec.bits < 32:
             qmax = 2 ** (spec.bits - 1) - 1
             codes = _unpack(reader.take(math.ceil(nnz * spec.bits / 8)), nnz, spec.bits) - qmax

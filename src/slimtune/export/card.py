@@ -8,9 +8,9 @@ from typing import Any
 
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import RunDirError
-from slimtune.export.artifact import decode, save
+from slimtune.export.artifact import decode, save, stored_weights
 from slimtune.objectives.accuracy import accuracy
-from slimtune.objectives.flops import flops
+from slimtune.objectives.flops import count_flops
 
 __all__ = ["export", "card_path", "evaluate"]
 
@@ -45,9 +45,13 @@ def evaluate(path: str | Path, data: str | None = None, split: str = "test") -> 
             "examples": len(y)}
 
 
-def export(run_dir: str | Path, trial: int, out: str | Path) -> dict[str, Any]:
+def export(
+    run_dir: str | Path, trial: int, out: str | Path, *, onnx: bool = False
+) -> dict[str, Any]:
     """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it.
 
+    With ``onnx=True`` also ``out`` with suffix ``.onnx``: the student with dequantized
+    float32 weights, checked against PyTorch with onnxruntime (the result is in the card).
     Returns the card. The test accuracy in the card is measured on the file's own bytes.
     """
     from slimtune.search.study import open_run
@@ -68,7 +72,8 @@ def export(run_dir: str | Path, trial: int, out: str | Path) -> dict[str, Any]:
     ds = load_dataset(meta["config"]["data"])
     test_acc = accuracy(model, ds.x_test, ds.y_test)
     val_acc = accuracy(model, ds.x_val, ds.y_val)
-    macs = flops(model, header.input_shape)
+    report = count_flops(model, header.input_shape, stored_weights(model, header.plan))
+    macs = report.effective
     teacher = meta["teacher"]
     out = Path(out)
     save(out, raw)
@@ -85,6 +90,8 @@ def export(run_dir: str | Path, trial: int, out: str | Path) -> dict[str, Any]:
         "test_accuracy": test_acc,
         "size_bytes": len(raw),
         "flops": macs,
+        "dense_flops": report.dense,
+        "bitops": report.bitops,
         "teacher": teacher,
         "ratios": {
             "size_x_smaller": teacher["size_bytes"] / len(raw),
@@ -95,5 +102,9 @@ def export(run_dir: str | Path, trial: int, out: str | Path) -> dict[str, Any]:
             ),
         },
     }
+    if onnx:
+        from slimtune.export.onnx import export_onnx
+
+        card["onnx"] = export_onnx(model, header.input_shape, out.with_suffix(".onnx"))
     card_path(out).write_text(json.dumps(card, indent=2) + "\n")
     return card

@@ -8,9 +8,17 @@ from typing import Any
 
 from slimtune.errors import ConfigError
 
-__all__ = ["SearchConfig", "SAMPLERS"]
+__all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES"]
 
 SAMPLERS = ("nsga2", "tpe", "random")
+#: objective name -> (trial metric it optimizes, direction)
+OBJECTIVES: dict[str, tuple[str, str]] = {
+    "accuracy": ("accuracy", "maximize"),
+    "size": ("size_bytes", "minimize"),
+    "flops": ("flops", "minimize"),
+    "latency": ("latency_ms", "minimize"),
+}
+PRUNING_MODES = ("unstructured", "structured", "both")
 
 
 @dataclass(frozen=True)
@@ -29,6 +37,8 @@ class SearchConfig:
     lr: float = 1e-3  # fine-tune Adam learning rate
     batch_size: int = 64
     teacher_epochs: int = 40
+    pruning: str = "both"  # which per-layer pruning knobs the space has
+    objectives: tuple[str, ...] = ("accuracy", "size", "flops")
 
     def __post_init__(self) -> None:
         checks = [
@@ -48,6 +58,18 @@ class SearchConfig:
             (self.teacher_epochs >= 1,
              f"`teacher_epochs` must be at least 1, but got {self.teacher_epochs}"),
         ]
+        objectives = tuple(self.objectives)
+        object.__setattr__(self, "objectives", objectives)
+        checks += [
+            (self.pruning in PRUNING_MODES, f"`--pruning` must be one of "
+             f"{', '.join(PRUNING_MODES)}, but got {self.pruning!r}"),
+            (all(o in OBJECTIVES for o in objectives), f"`--objectives` must be names from "
+             f"{', '.join(OBJECTIVES)}, but got {','.join(objectives)!r}"),
+            (len(set(objectives)) == len(objectives) and "accuracy" in objectives
+             and len(objectives) >= 2,
+             f"`--objectives` must name accuracy and at least one other objective, each "
+             f"once, but got {','.join(objectives)!r}"),
+        ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
@@ -56,7 +78,17 @@ class SearchConfig:
     def resolved_run_dir(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path("runs") / f"{self.data}-{self.model}"
 
+    @property
+    def metrics(self) -> list[str]:
+        """The trial metrics the study optimizes, in objective order."""
+        return [OBJECTIVES[o][0] for o in self.objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o][1] for o in self.objectives]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["objectives"] = list(self.objectives)
         d["run_dir"] = str(self.resolved_run_dir)
         return d

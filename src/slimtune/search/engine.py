@@ -20,9 +20,10 @@ import torch
 from slimtune import __version__
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError
-from slimtune.export.artifact import save
+from slimtune.export.artifact import decode, save
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
 from slimtune.models.zoo import build_model
+from slimtune.objectives.accuracy import accuracy
 from slimtune.search.config import SearchConfig
 from slimtune.search.pareto import FrontPoint, pareto_front
 from slimtune.search.ray_runner import RayCluster
@@ -52,33 +53,25 @@ class SearchResult:
     seconds: float = 0.0
 
 
-def warm_start_plans(layers: list[str]) -> list[CompressionPlan]:
+def warm_start_plans(space: SearchSpace) -> list[CompressionPlan]:
     """Uniform plans, light to heavy, enqueued first so the front spans the range early."""
-    levels = [  # (sparsity, rank ratio, bits)
-        (0.0, 1.0, 8), (0.5, 1.0, 6), (0.6, 1.0, 4), (0.75, 1.0, 4), (0.85, 1.0, 3),
-        (0.9, 1.0, 2),
-    ]
-    return [
-        CompressionPlan.uniform(layers, sparsity=s, rank_ratio=r, bits=b, temperature=4.0,
-                                alpha=0.7)
-        for s, r, b in levels
-    ]
+    return space.uniform_plans()
 
 
-def _teacher_metrics(teacher: torch.nn.Module, model: str, data: Any) -> dict[str, Any]:
+_METRICS = ("accuracy", "size_bytes", "flops", "dense_flops", "bitops", "latency_ms")
+
+
+def _teacher_metrics(
+    teacher: torch.nn.Module, model: str, data: Any, latency: bool
+) -> dict[str, Any]:
     """The teacher measured exactly as students are: through its own artifact."""
     plan = CompressionPlan()
-    m = measure(teacher, model, data.num_classes, data.input_shape, plan, data.x_val, data.y_val)
-    from slimtune.export.artifact import decode
-    from slimtune.objectives.accuracy import accuracy
-
+    m = measure(teacher, model, data.num_classes, data.input_shape, plan, data.x_val,
+                data.y_val, latency_device="cpu" if latency else None)
     exported, _ = decode(m["artifact"])
-    return {
-        "accuracy": m["accuracy"],
-        "test_accuracy": accuracy(exported, data.x_test, data.y_test),
-        "size_bytes": m["size_bytes"],
-        "flops": m["flops"],
-    }
+    out = {k: m[k] for k in _METRICS if k in m}
+    out["test_accuracy"] = accuracy(exported, data.x_test, data.y_test)
+    return out
 
 
 def _check_existing(run_dir: Path, config: SearchConfig, study: optuna.Study) -> None:
@@ -86,7 +79,7 @@ def _check_existing(run_dir: Path, config: SearchConfig, study: optuna.Study) ->
     if meta is None:
         return
     old = meta["config"]
-    for key in ("data", "model"):
+    for key in ("data", "model", "pruning"):
         if old[key] != getattr(config, key):
             raise ConfigError(
                 f"{run_dir} holds a search of {key} `{old[key]}`, not `{getattr(config, key)}`; "
@@ -109,27 +102,29 @@ def search(config: SearchConfig, events: SearchEvents | None = None) -> SearchRe
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "trials").mkdir(exist_ok=True)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = create_study(run_dir, make_sampler(config.sampler, config.seed))
+        study = create_study(run_dir, make_sampler(config.sampler, config.seed),
+                             config.metrics, config.directions)
         _check_existing(run_dir, config, study)
 
         teacher, trained_now = load_or_train_teacher(
             run_dir / "teacher.pt", config.model, data,
             TeacherConfig(epochs=config.teacher_epochs, seed=config.seed), ev.teacher_epoch,
         )
-        space = SearchSpace.from_model(teacher)
+        space = SearchSpace.from_model(teacher, data.input_shape, config.pruning)
         meta = study.user_attrs.get("slimtune")
         if meta is None:
             meta = {
                 "version": __version__,
                 "config": config.to_dict(),
-                "teacher": _teacher_metrics(teacher, config.model, data),
+                "teacher": _teacher_metrics(teacher, config.model, data,
+                                            "latency" in config.objectives),
                 "input_shape": list(data.input_shape),
                 "num_classes": data.num_classes,
                 "layers": list(space.layers),
             }
             study.set_user_attr("slimtune", meta)
             if config.warm_start:
-                for plan in warm_start_plans(list(space.layers)):
+                for plan in warm_start_plans(space):
                     study.enqueue_trial(space.params_of(plan), skip_if_exists=True)
         if ev.teacher_ready:
             ev.teacher_ready(meta["teacher"], trained_now)
@@ -169,6 +164,7 @@ def _loop(
                     epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                     seed=config.seed * 100003 + trial.number, threads=threads,
                     gpu_fraction=config.gpus_per_trial,
+                    latency="latency" in config.objectives,
                 )
                 pending[task.remote(spec, teacher_ref)] = trial
                 started += 1
@@ -176,7 +172,7 @@ def _loop(
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 trial = pending.pop(ref)
-                _finish(run, trial, ref, counts)
+                _finish(run, trial, ref, counts, config.metrics)
                 counts["running"] = len(pending)
                 if ev.trial_done:
                     ev.trial_done(study.trials[trial.number], counts)
@@ -189,12 +185,14 @@ def _loop(
     return counts
 
 
-def _finish(run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, int]) -> None:
+def _finish(
+    run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, int], metrics: list[str]
+) -> None:
     import ray
 
     try:
         out = ray.get(ref)
-        values = [float(out["accuracy"]), float(out["size_bytes"]), float(out["flops"])]
+        values = [float(out[m]) for m in metrics]
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"non-finite objective values {values}")
     except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, the search goes on
@@ -204,9 +202,10 @@ def _finish(run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, int
         counts["failed"] += 1
         return
     save(run.artifact_path(trial.number), out["artifact"])
-    trial.set_user_attr("size_bytes", int(out["size_bytes"]))
-    trial.set_user_attr("flops", int(out["flops"]))
-    trial.set_user_attr("val_accuracy", float(out["accuracy"]))
+    for key in _METRICS:
+        if key in out:
+            name = "val_accuracy" if key == "accuracy" else key
+            trial.set_user_attr(name, out[key])
     trial.set_user_attr("seconds", round(float(out["seconds"]), 3))
     run.study.tell(trial, values)
     counts["done"] += 1

@@ -6,8 +6,10 @@ opens with the plain Optuna API::
     optuna.load_study(study_name="slimtune", storage="sqlite:///<run_dir>/study.db")
 
 Study user attributes: ``slimtune`` (config, teacher metrics, input shape, layers).
-Trial user attributes: ``plan``, ``size_bytes``, ``flops``, ``val_accuracy``, ``seconds``,
-and ``error`` for failed trials. Trial values: (accuracy, size_bytes, flops).
+Trial user attributes: ``plan``, ``val_accuracy``, ``size_bytes``, ``flops`` (effective
+MACs), ``dense_flops``, ``bitops``, ``latency_ms`` (when measured), ``seconds``, and
+``error`` for failed trials. Trial values: the objectives in the order of the study's
+``metric_names`` (by default accuracy, size_bytes, flops).
 """
 
 from __future__ import annotations
@@ -46,17 +48,29 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise RunDirError(f"unknown sampler `{name}`")
 
 
-def create_study(run_dir: Path, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+def create_study(
+    run_dir: Path,
+    sampler: optuna.samplers.BaseSampler,
+    metrics: list[str] | None = None,
+    directions: list[str] | None = None,
+) -> optuna.Study:
+    metrics = list(metrics or OBJECTIVES)
+    directions = list(directions or DIRECTIONS)
     study = optuna.create_study(
         study_name=STUDY_NAME,
         storage=storage_url(run_dir),
-        directions=list(DIRECTIONS),
+        directions=directions,
         sampler=sampler,
         load_if_exists=True,
     )
+    if study.metric_names is not None and study.metric_names != metrics:
+        raise RunDirError(
+            f"{run_dir} holds a study of objectives {study.metric_names}, not {metrics}; "
+            "choose another --run-dir"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names(list(OBJECTIVES))
+        study.set_metric_names(metrics)
     return study
 
 

@@ -11,10 +11,11 @@ import torch
 from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
 from slimtune.data.datasets import load_dataset
-from slimtune.export.artifact import decode, encode
+from slimtune.export.artifact import decode, encode, stored_weights
 from slimtune.models.zoo import build_model
 from slimtune.objectives.accuracy import accuracy, logits_of
-from slimtune.objectives.flops import flops
+from slimtune.objectives.flops import count_flops
+from slimtune.objectives.latency import latency_ms
 from slimtune.spaces.plan import CompressionPlan
 
 __all__ = ["TrialSpec", "run_trial", "measure"]
@@ -31,6 +32,7 @@ class TrialSpec:
     seed: int
     threads: int = 1
     gpu_fraction: float = 0.0  # share of one GPU this trial may use (0 = run on CPU)
+    latency: bool = False  # also measure batch-1 latency of the exported model
 
 
 def measure(
@@ -41,16 +43,28 @@ def measure(
     plan: CompressionPlan,
     x_val: torch.Tensor,
     y_val: torch.Tensor,
+    *,
+    latency_device: torch.device | str | None = None,
 ) -> dict[str, Any]:
-    """Export ``student`` and measure the artifact itself: the numbers a user will get."""
+    """Export ``student`` and measure the artifact itself: the numbers a user will get.
+
+    ``flops`` is the effective count (the objective); ``dense_flops`` and ``bitops`` are
+    reported beside it. With ``latency_device``, also ``latency_ms`` there.
+    """
     blob = encode(student, model_name, num_classes, input_shape, plan)
-    exported, _ = decode(blob)
-    return {
+    exported, header = decode(blob)
+    report = count_flops(exported, input_shape, stored_weights(exported, header.plan))
+    out: dict[str, Any] = {
         "accuracy": accuracy(exported, x_val, y_val),
         "size_bytes": len(blob),
-        "flops": flops(exported, input_shape),
+        "flops": report.effective,
+        "dense_flops": report.dense,
+        "bitops": report.bitops,
         "artifact": blob,
     }
+    if latency_device is not None:
+        out["latency_ms"] = latency_ms(exported, input_shape, latency_device)
+    return out
 
 
 def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -69,7 +83,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     teacher.eval()
     plan = CompressionPlan.from_dict(spec.plan)
     t_logits = logits_of(teacher, train.x_train)
-    student = apply(teacher, plan)
+    student = apply(teacher, plan, data.input_shape)
     cfg = DistillConfig(
         temperature=plan.temperature, alpha=plan.alpha, epochs=spec.epochs,
         lr=spec.lr, batch_size=spec.batch_size,
@@ -77,6 +91,6 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     distill(student, t_logits, train.x_train, train.y_train, cfg,
             generator=torch.Generator().manual_seed(spec.seed))
     out = measure(student, spec.model, data.num_classes, data.input_shape, plan,
-                  data.x_val, data.y_val)
+                  data.x_val, data.y_val, latency_device=device if spec.latency else None)
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -22,12 +22,15 @@ class LayerPlan:
 
     ``sparsity`` is the fraction of weights set to zero by magnitude pruning;
     ``rank_ratio`` is the kept fraction of the layer's full rank (1.0 = no factorization);
-    ``bits`` is the weight bit-width (32 = float32, no quantization).
+    ``bits`` is the weight bit-width (32 = float32, no quantization);
+    ``keep_ratio`` is the kept fraction of the layer's output channels (structured
+    pruning: the layer, its BatchNorm and its consumers really shrink; 1.0 = keep all).
     """
 
     sparsity: float = 0.0
     rank_ratio: float = 1.0
     bits: int = 32
+    keep_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.sparsity < 1.0) or math.isnan(self.sparsity):
@@ -36,8 +39,12 @@ class LayerPlan:
             raise ConfigError(
                 f"`0 < rank_ratio <= 1` must hold, but got rank_ratio={self.rank_ratio}"
             )
-        if not (1 <= int(self.bits) <= 32) or int(self.bits) != self.bits:
-            raise ConfigError(f"`bits` must be an integer in 1..32, but got bits={self.bits}")
+        if not (2 <= int(self.bits) <= 32) or int(self.bits) != self.bits:
+            raise ConfigError(f"`bits` must be an integer in 2..32, but got bits={self.bits}")
+        if not (0.0 < self.keep_ratio <= 1.0):
+            raise ConfigError(
+                f"`0 < keep_ratio <= 1` must hold, but got keep_ratio={self.keep_ratio}"
+            )
 
     def rank(self, full_rank: int) -> int:
         """The kept rank for a layer whose weight matrix has rank ``full_rank``."""
@@ -93,6 +100,7 @@ class CompressionPlan:
                     sparsity=float(lp["sparsity"]),
                     rank_ratio=float(lp["rank_ratio"]),
                     bits=int(lp["bits"]),
+                    keep_ratio=float(lp.get("keep_ratio", 1.0)),
                 )
                 for name, lp in data["layers"].items()
             }
@@ -124,7 +132,14 @@ class CompressionPlan:
         bits: int = 32,
         temperature: float = 4.0,
         alpha: float = 0.5,
+        keep_ratio: float = 1.0,
+        keep_all: tuple[str, ...] = (),
     ) -> CompressionPlan:
-        """Every layer compressed alike (the baseline the search must beat)."""
-        lp = LayerPlan(sparsity=sparsity, rank_ratio=rank_ratio, bits=bits)
-        return cls({n: lp for n in layer_names}, temperature=temperature, alpha=alpha)
+        """Every layer compressed alike (the baseline the search must beat).
+
+        Layers in ``keep_all`` (the output layer) keep all their channels.
+        """
+        lp = LayerPlan(sparsity=sparsity, rank_ratio=rank_ratio, bits=bits, keep_ratio=keep_ratio)
+        out = LayerPlan(sparsity=sparsity, rank_ratio=rank_ratio, bits=bits)
+        return cls({n: (out if n in keep_all else lp) for n in layer_names},
+                   temperature=temperature, alpha=alpha)

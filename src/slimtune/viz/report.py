@@ -20,14 +20,19 @@ class FrontInfo(NamedTuple):
     model: str
     teacher: dict[str, Any]
     front: list[FrontPoint]
-    others: list[tuple[int, float, int, int]]  # dominated complete trials
+    others: list[FrontPoint]  # dominated complete trials
     counts: dict[str, int]
 
     def to_dict(self) -> dict[str, Any]:
+        keys = ("accuracy", "size_bytes", "flops", "dense_flops", "bitops", "latency_ms")
         return {
-            "teacher": {k: self.teacher[k] for k in ("accuracy", "size_bytes", "flops")},
+            "teacher": {k: self.teacher[k] for k in keys if k in self.teacher},
             "front": [p.to_dict() for p in self.front],
         }
+
+    @property
+    def has_latency(self) -> bool:
+        return any(p.latency_ms is not None for p in self.front)
 
     def x_smaller(self, p: FrontPoint) -> float:
         return self.teacher["size_bytes"] / p.size_bytes
@@ -40,21 +45,23 @@ def front_info(run: str | Path | Run) -> FrontInfo:
     run = run if isinstance(run, Run) else open_run(run)
     front = pareto_front(run.study)
     on_front = {p.trial for p in front}
-    others, counts = [], {"complete": 0, "failed": 0, "pruned": 0, "running": 0}
+    others = []
+    counts = {"complete": 0, "failed": 0, "pruned": 0, "running": 0, "waiting": 0}
     for t in run.study.get_trials(deepcopy=False):
-        state = t.state.name.lower()
-        key = {"complete": "complete", "fail": "failed", "pruned": "pruned"}.get(state, "running")
+        key = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned",
+               "WAITING": "waiting"}.get(t.state.name, "running")
         counts[key] += 1
         if t.state.name == "COMPLETE" and t.number not in on_front:
-            others.append((t.number, float(t.values[0]), int(t.values[1]), int(t.values[2])))
+            others.append(FrontPoint.of(t))
     cfg = run.meta["config"]
     return FrontInfo(run.dir, cfg["data"], cfg["model"], run.teacher, front, others, counts)
 
 
 def plan_summary(plan: dict[str, Any]) -> str:
-    """One line per layer: ``name: s=0.70 r=0.50 b=4``."""
+    """One line per layer: ``name: s=0.70 k=1.00 r=0.50 b=4``."""
     lines = [
-        f"{n}: s={lp['sparsity']:.2f} r={lp['rank_ratio']:.2f} b={lp['bits']}"
+        f"{n}: s={lp['sparsity']:.2f} k={lp.get('keep_ratio', 1.0):.2f} "
+        f"r={lp['rank_ratio']:.2f} b={lp['bits']}"
         for n, lp in plan.get("layers", {}).items()
     ]
     if "temperature" in plan:
@@ -69,19 +76,20 @@ def figure(info: FrontInfo):  # type: ignore[no-untyped-def]
     fig = go.Figure()
     if info.others:
         fig.add_trace(go.Scatter(
-            x=[o[2] for o in info.others], y=[o[1] for o in info.others], mode="markers",
-            name="dominated trials", marker=dict(color="lightgrey", size=7),
-            text=[f"trial {o[0]}<br>FLOPs {o[3]:,}" for o in info.others],
+            x=[o.size_bytes for o in info.others], y=[o.accuracy for o in info.others],
+            mode="markers", name="dominated trials", marker=dict(color="lightgrey", size=7),
+            text=[f"trial {o.trial}<br>MACs {o.flops:,}" for o in info.others],
             hovertemplate="%{text}<br>size %{x:,} B<br>accuracy %{y:.4f}<extra></extra>",
         ))
     fig.add_trace(go.Scatter(
         x=[p.size_bytes for p in info.front], y=[p.accuracy for p in info.front],
         mode="markers+lines", line=dict(shape="hv", width=1), name="Pareto front",
         marker=dict(size=11, color=[p.flops for p in info.front], colorscale="Viridis",
-                    showscale=True, colorbar=dict(title="MACs")),
+                    showscale=True, colorbar=dict(title="effective MACs")),
         text=[
             f"trial {p.trial}<br>{info.x_smaller(p):.1f}x smaller, {info.x_fewer(p):.2f}x fewer "
-            f"MACs<br>MACs {p.flops:,}<br>{plan_summary(p.plan)}"
+            f"MACs<br>effective MACs {p.flops:,} (dense {p.dense_flops or 0:,})<br>"
+            f"{plan_summary(p.plan)}"
             for p in info.front
         ],
         hovertemplate="%{text}<br>size %{x:,} B<br>accuracy %{y:.4f}<extra></extra>",
