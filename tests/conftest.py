@@ -51,3 +51,15 @@ def _tiny_resnet_registered(monkeypatch):
 
     monkeypatch.setitem(zoo.MODELS, "tiny_resnet",
                         lambda n, s: zoo.CifarResNet(8, n, s[0], width=4))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_teacher_cache(tmp_path_factory):
+    """Tests never read or write the user's ~/.cache/slimtune."""
+    old = os.environ.get("SLIMTUNE_CACHE")
+    os.environ["SLIMTUNE_CACHE"] = str(tmp_path_factory.mktemp("slimtune-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SLIMTUNE_CACHE", None)
+    else:
+        os.environ["SLIMTUNE_CACHE"] = old

@@ -146,3 +146,23 @@ def test_user_errors_are_one_line_on_stderr_with_exit_code_2(argv, needle, capsy
     assert err.count("\n") == 1 and err.startswith("slimtune: error: ")
     assert needle in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists(), "no half-written run directory"
+
+
+@pytest.mark.parametrize("first", ["slimtune.export.artifact", "slimtune.search.engine", None])
+def test_search_and_export_entry_points_are_callable_whatever_was_imported_first(first):
+    import subprocess
+    import sys
+
+    code = (f"import {first}\n" if first else "") + (
+        "import slimtune\n"
+        "assert callable(slimtune.search) and callable(slimtune.export)\n"
+        "assert slimtune.export.encode and slimtune.search.SearchConfig\n"
+        "from slimtune.search import SearchConfig\n"
+        "try:\n"
+        "    slimtune.search(SearchConfig(), trials=3)\n"
+        "except TypeError as e:\n"
+        "    assert 'either' in str(e)\n"
+        "else:\n"
+        "    raise SystemExit('no TypeError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

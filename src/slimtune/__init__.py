@@ -2,10 +2,15 @@
 
 Public entry points (each CLI command is one of these calls)::
 
-    slimtune.search(SearchConfig(...))     # slimtune search
+    slimtune.search(SearchConfig(...))     # slimtune search (or search(trials=10, ...))
     slimtune.front(run_dir)                # slimtune front
     slimtune.export(run_dir, trial, path)  # slimtune export
     slimtune.load(path) -> torch.nn.Module # load an exported file
+    slimtune.evaluate(path), slimtune.train(model, data)
+
+``slimtune.search`` and ``slimtune.export`` are also the subpackages of those names
+(``slimtune.export.encode``, ``slimtune.search.SearchConfig``): calling them calls the
+entry point.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 __all__ = ["__version__", "SlimtuneError", "SearchConfig", "search", "front", "export", "load",
-           "evaluate"]
+           "evaluate", "train"]
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import slimtune` stays cheap
@@ -28,17 +33,13 @@ def __getattr__(name: str) -> Any:  # lazy: `import slimtune` stays cheap
         from slimtune.search.config import SearchConfig
 
         return SearchConfig
+    if name in ("search", "export"):
+        # `slimtune.search` and `slimtune.export` are subpackages that can be called like
+        # functions: importing one binds it here whatever the import order
+        import importlib
+
+        return importlib.import_module(f"slimtune.{name}")
     raise AttributeError(name)
-
-
-def search(config: Any = None, **kwargs: Any) -> Any:
-    """Run a search; ``search(SearchConfig(...))`` or ``search(trials=10, ...)``."""
-    from slimtune.search import SearchConfig
-    from slimtune.search import search as _search
-
-    if config is None:
-        config = SearchConfig(**kwargs)
-    return _search(config)
 
 
 def front(run_dir: Any) -> Any:
@@ -48,13 +49,6 @@ def front(run_dir: Any) -> Any:
     return front_info(run_dir).to_dict()
 
 
-def export(run_dir: Any, trial: int, out: Any, *, onnx: bool = False) -> dict[str, Any]:
-    """Export one trial of a run (and ``.onnx`` beside it if asked); returns the model card."""
-    from slimtune.export.card import export as _export
-
-    return _export(run_dir, trial, out, onnx=onnx)
-
-
 def load(path: Any) -> nn.Module:
     """The ``torch.nn.Module`` in an exported slimtune file (never unpickles anything)."""
     from slimtune.export.artifact import load as _load
@@ -62,8 +56,17 @@ def load(path: Any) -> nn.Module:
     return _load(path)
 
 
-def evaluate(path: Any, data: str | None = None, split: str = "test") -> dict[str, Any]:
+def evaluate(
+    path: Any, data: str | None = None, split: str = "test", data_dir: Any = None
+) -> dict[str, Any]:
     """Accuracy of an exported file on a dataset split."""
     from slimtune.export.card import evaluate as _evaluate
 
-    return _evaluate(path, data, split)
+    return _evaluate(path, data, split, data_dir)
+
+
+def train(model: str, data: str, **kwargs: Any) -> dict[str, Any]:
+    """Train (or fetch from the cache) the teacher for ``model`` on ``data``."""
+    from slimtune.models.teacher import train_command
+
+    return train_command(model, data, **kwargs)

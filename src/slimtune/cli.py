@@ -67,6 +67,15 @@ def cli() -> None:
               help="Per-layer pruning knobs: weight sparsity, channel keep ratio, or both.")
 @click.option("--objectives", default=",".join(_D.objectives), show_default=True,
               help="Comma-separated objectives from accuracy,size,flops,latency.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Directory of the data files (fashion-mnist: /usr/share/datasets/"
+                   "fashion-mnist by default).")
+@click.option("--subset", type=click.IntRange(min=1), default=None,
+              help="Use at most N training examples (and N/4 validation and test ones).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Trained weights (a state dict) for --model: the teacher, not trained here.")
+@click.option("--teacher-epochs", type=click.IntRange(min=1), default=None,
+              help="Teacher training epochs when it is trained [default: 40 on digits, else 10].")
 def search(**kwargs: Any) -> None:
     """Search for the best accuracy / size / FLOPs trade-offs."""
     from slimtune.search import SearchConfig, SearchEvents
@@ -90,12 +99,21 @@ def search(**kwargs: Any) -> None:
         live()
         if "teacher_task" not in state:
             state["teacher_task"] = progress.add_task("training teacher", total=epochs, info="")
-        progress.update(state["teacher_task"], completed=epoch, info=f"val acc {acc:.4f}")
+        progress.update(state["teacher_task"], info=f"epoch {epoch}/{epochs}, val acc {acc:.4f}")
+        if not err.is_terminal:  # no live bar in logs: one line per epoch instead
+            err.print(f"teacher epoch {epoch}/{epochs}: val acc {acc:.4f}")
 
-    def teacher_ready(t: dict[str, Any], trained_now: bool) -> None:
+    def teacher_step(step: int, total: int) -> None:
+        live()
+        if "teacher_task" not in state:
+            state["teacher_task"] = progress.add_task("training teacher", total=total, info="")
+        progress.update(state["teacher_task"], completed=step, total=total)
+
+    def teacher_ready(t: dict[str, Any], source: str) -> None:
         live()
         state["teacher"] = t
-        how = "trained" if trained_now else "reused cached"
+        how = {"trained": "trained", "run": "reused from the run directory",
+               "cache": "reused from the cache", "checkpoint": "from --checkpoint"}[source]
         progress.console.log(
             f"teacher ({how}): val accuracy {t['accuracy']:.4f}, test {t['test_accuracy']:.4f}, "
             f"{_fmt_bytes(t['size_bytes'])}, {_fmt_count(t['flops'])} MACs"
@@ -127,8 +145,8 @@ def search(**kwargs: Any) -> None:
             info=f"running {counts['running']}, failed {counts['failed']}",
         )
 
-    events = SearchEvents(teacher_epoch=teacher_epoch, teacher_ready=teacher_ready,
-                          started=started, trial_done=trial_done)
+    events = SearchEvents(teacher_epoch=teacher_epoch, teacher_step=teacher_step,
+                          teacher_ready=teacher_ready, started=started, trial_done=trial_done)
     run_dir = config.resolved_run_dir
     try:
         result = run_search(config, events)
@@ -229,17 +247,68 @@ def export(run_dir: Path, trial: int, out: Path, onnx: bool) -> None:
 @click.option("--data", default=None, help="Dataset [default: the one in the model card].")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Directory of the data files [default: the one in the model card].")
 @click.option("--json", "as_json", is_flag=True)
-def eval_(path: Path, data: str | None, split: str, as_json: bool) -> None:
+def eval_(path: Path, data: str | None, split: str, data_dir: Path | None,
+          as_json: bool) -> None:
     """Load an exported file and print its accuracy."""
     from slimtune.export.card import evaluate
 
-    res = evaluate(path, data, split)
+    res = evaluate(path, data, split, data_dir)
     if as_json:
         click.echo(json.dumps({"accuracy": res["accuracy"]}))
     else:
         click.echo(f"accuracy {res['accuracy']:.4f} on the {res['split']} split of "
                    f"{res['dataset']} ({res['examples']} examples)")
+
+
+@cli.command()
+@click.option("--model", default=_D.model, show_default=True, help="Model name.")
+@click.option("--data", default=_D.data, show_default=True, help="Dataset name.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Training epochs [default: 40 on digits, else 10].")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--subset", type=click.IntRange(min=1), default=None,
+              help="Use at most N training examples (and N/4 validation and test ones).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def train(model: str, data: str, epochs: int | None, data_dir: Path | None,
+          subset: int | None, seed: int, as_json: bool) -> None:
+    """Train the teacher with the standard recipe and cache it for `search`."""
+    from slimtune.models.teacher import train_command
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
+    )
+    task: dict[str, Any] = {}
+
+    def on_step(step: int, total: int) -> None:
+        if "id" not in task:
+            progress.start()
+            task["id"] = progress.add_task(f"training {model} on {data}", total=total, info="")
+        progress.update(task["id"], completed=step)
+
+    def on_epoch(epoch: int, total: int, acc: float) -> None:
+        progress.update(task["id"], info=f"epoch {epoch}/{total}, val acc {acc:.4f}")
+        if not err.is_terminal:  # no live bar in logs: one line per epoch instead
+            err.print(f"epoch {epoch}/{total}: val acc {acc:.4f} "
+                      f"({progress.tasks[0].elapsed or 0:.0f} s)")
+
+    try:
+        res = train_command(model, data, epochs=epochs, data_dir=data_dir, subset=subset,
+                            seed=seed, on_epoch=on_epoch, on_step=on_step)
+    finally:
+        if "id" in task:
+            progress.stop()
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+        return
+    how = "trained" if res["source"] == "trained" else "found in the cache"
+    click.echo(f"{model} on {data}: {how} ({res['epochs']} epochs, {res['train_seconds']:.0f} s "
+               f"on {res['device']}), val accuracy {res['val_accuracy']:.4f}, "
+               f"test accuracy {res['test_accuracy']:.4f}\ncached at {res['path']}")
 
 
 def _one_line(text: str) -> str:

@@ -13,6 +13,7 @@ __all__ = [
     "RunDirError",
     "ArtifactError",
     "ResourceError",
+    "DataError",
 ]
 
 
@@ -41,3 +42,7 @@ class ArtifactError(SlimtuneError):
 
 class ResourceError(SlimtuneError):
     """Asked for CPUs or GPUs that the Ray cluster does not have."""
+
+
+class DataError(SlimtuneError):
+    """A data directory that is missing, incomplete or holds malformed files."""

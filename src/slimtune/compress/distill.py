@@ -63,20 +63,28 @@ def kd_loss(
 
 def distill(
     student: nn.Module,
-    teacher_logits: torch.Tensor,
+    teacher: nn.Module | torch.Tensor,
     x: torch.Tensor,
     y: torch.Tensor,
     config: DistillConfig,
     *,
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Fine-tune ``student`` in place on ``(x, y)`` against precomputed teacher logits.
+    """Fine-tune ``student`` in place on ``(x, y)`` against the teacher.
 
-    Data are tensors already on the student's device; batches are index slices of a fresh
-    permutation each epoch (no DataLoader). ``on_epoch(epoch, mean_loss)`` is called after
-    every epoch.
+    ``teacher`` is either the teacher's logits on ``x`` (precomputed once) or the teacher
+    module, run on every (augmented) batch. Data are tensors already on the student's
+    device; batches are index slices of a fresh permutation each epoch (no DataLoader).
+    ``on_epoch(epoch, mean_loss)`` is called after every epoch.
     """
+    if isinstance(teacher, nn.Module):
+        teacher.eval()
+        if augment is None:  # the same inputs every epoch: compute the logits once
+            from slimtune.objectives.accuracy import logits_of
+
+            teacher = logits_of(teacher, x)
     if config.epochs == 0 or len(x) == 0:
         return student
     n = len(x)
@@ -89,8 +97,13 @@ def distill(
         total = 0.0
         for i in range(steps_per_epoch):
             idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            loss = kd_loss(student(x[idx]), teacher_logits[idx], y[idx],
-                           config.temperature, config.alpha)
+            xb = x[idx] if augment is None else augment(x[idx], generator)
+            if isinstance(teacher, nn.Module):
+                with torch.no_grad():
+                    t_logits = teacher(xb)
+            else:
+                t_logits = teacher[idx]
+            loss = kd_loss(student(xb), t_logits, y[idx], config.temperature, config.alpha)
             if not torch.isfinite(loss):
                 raise TrialDiverged(f"non-finite distillation loss at epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)

@@ -161,15 +161,24 @@ def _decode_index(reader: _Reader, n: int, nnz: int, key: str) -> np.ndarray:
 
 def _pack(codes: np.ndarray, bits: int) -> bytes:
     """Pack non-negative integers < 2**bits into bytes, ``bits`` bits each, LSB first."""
-    planes = ((codes.astype(np.uint32)[:, None] >> np.arange(bits, dtype=np.uint32)) & 1)
-    return np.packbits(planes.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+    codes = np.asarray(codes)
+    if bits == 8:  # the same bytes as the general path, without the bit planes
+        return codes.astype(np.uint8).tobytes()
+    planes = np.empty((len(codes), bits), dtype=np.uint8)
+    for b in range(bits):
+        planes[:, b] = (codes >> b) & 1
+    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
 
 
 def _unpack(raw: bytes, count: int, bits: int) -> np.ndarray:
-    planes = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=count * bits,
-                           bitorder="little")
-    weights = (1 << np.arange(bits, dtype=np.int64))
-    return planes.reshape(count, bits).astype(np.int64) @ weights
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    if bits == 8:
+        return buf[:count].astype(np.int64)
+    planes = np.unpackbits(buf, count=count * bits, bitorder="little").reshape(count, bits)
+    out = np.zeros(count, dtype=np.int64)
+    for b in range(bits):
+        out |= planes[:, b].astype(np.int64) << b
+    return out
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:

@@ -20,21 +20,28 @@ def card_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def evaluate(path: str | Path, data: str | None = None, split: str = "test") -> dict[str, Any]:
-    """Accuracy of an exported file on a split (dataset from its card unless given)."""
+def evaluate(
+    path: str | Path, data: str | None = None, split: str = "test",
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Accuracy of an exported file on a split (data set, its directory and subset from the
+    model card beside the file unless given)."""
     from slimtune.export.artifact import _read
 
     raw = _read(path)
     model, header = decode(raw)
+    card: dict[str, Any] = {}
+    if card_path(path).is_file():
+        try:
+            card = json.loads(card_path(path).read_text())
+        except ValueError:
+            card = {}
     if data is None:
-        card = card_path(path)
-        data = "digits"
-        if card.is_file():
-            try:
-                data = json.loads(card.read_text())["dataset"]
-            except (ValueError, KeyError):
-                pass
-    ds = load_dataset(data)
+        data = card.get("dataset", "digits")
+    same = data == card.get("dataset")
+    if data_dir is None and same:
+        data_dir = card.get("data_dir")
+    ds = load_dataset(data, data_dir, card.get("subset") if same else None)
     x, y = ds.split(split)
     if tuple(x.shape[1:]) != header.input_shape:
         raise RunDirError(
@@ -69,7 +76,8 @@ def export(
     raw = src.read_bytes()
     model, header = decode(raw)
     meta = run.meta
-    ds = load_dataset(meta["config"]["data"])
+    cfg = meta["config"]
+    ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"))
     test_acc = accuracy(model, ds.x_test, ds.y_test)
     val_acc = accuracy(model, ds.x_val, ds.y_val)
     report = count_flops(model, header.input_shape, stored_weights(model, header.plan))
@@ -79,7 +87,9 @@ def export(
     save(out, raw)
     card = {
         "slimtune_version": meta.get("version"),
-        "dataset": meta["config"]["data"],
+        "dataset": cfg["data"],
+        "data_dir": cfg.get("data_dir"),
+        "subset": cfg.get("subset"),
         "model": header.model,
         "trial": trial,
         "run_dir": str(run.dir),

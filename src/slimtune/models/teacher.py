@@ -1,32 +1,72 @@
-"""Teacher training, cached once per run directory."""
+"""Teacher training with one standard recipe, cached by (model, data, recipe, seed).
+
+Recipe: SGD with Nesterov momentum, a one-cycle learning-rate schedule, label smoothing,
+weight decay, the data set's own augmentation, mixed precision (bfloat16 autocast) on GPU.
+Data are tensors on the device, batched by index slices of a seeded permutation.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slimtune.data.datasets import Splits
-from slimtune.errors import RunDirError
+from slimtune.errors import ConfigError, RunDirError
 from slimtune.models.zoo import build_model
 from slimtune.objectives.accuracy import accuracy
 
-__all__ = ["TeacherConfig", "train_teacher", "load_or_train_teacher"]
+__all__ = ["TeacherConfig", "train_teacher", "load_or_train_teacher", "cache_dir",
+           "default_teacher_epochs", "load_checkpoint", "train_command"]
+
+#: epochs when none are given: small data sets train for longer
+_DEFAULT_EPOCHS = {"digits": 40}
+
+
+def default_teacher_epochs(data: str) -> int:
+    return _DEFAULT_EPOCHS.get(data, 10)
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     epochs: int = 40
-    lr: float = 3e-3  # peak AdamW learning rate of the one-cycle schedule
-    batch_size: int = 64
+    lr: float = 0.05  # peak SGD learning rate of the one-cycle schedule, batch 128
+    momentum: float = 0.9  # Nesterov
+    batch_size: int = 128
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.05
+    label_smoothing: float = 0.1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"`--epochs` must be at least 1, but got {self.epochs}")
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ConfigError("teacher `lr` and `batch_size` must be positive")
+
+
+def cache_dir() -> Path:
+    """Where trained teachers are cached: ``$SLIMTUNE_CACHE`` or ``~/.cache/slimtune``."""
+    return Path(os.environ.get("SLIMTUNE_CACHE") or Path.home() / ".cache" / "slimtune")
+
+
+def cache_key(model: str, data: str, subset: int | None, config: TeacherConfig) -> dict[str, Any]:
+    return {"model": model, "data": data, "subset": subset, "recipe": asdict(config)}
+
+
+def _cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{key['model']}-{key['data']}")
+    return cache_dir() / "teachers" / f"{safe}-{digest}.pt"
 
 
 def train_teacher(
@@ -34,57 +74,151 @@ def train_teacher(
     data: Splits,
     config: TeacherConfig,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """Train ``model`` on the train split; ``on_epoch(epoch, epochs, val_accuracy)``."""
+    """Train ``model`` on the train split; ``on_epoch(epoch, epochs, val_accuracy)`` and
+    ``on_step(step, total_steps)`` report progress."""
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    x, y = data.x_train, data.y_train
+    model.to(device)
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    xv, yv = data.x_val.to(device), data.y_val.to(device)
     n = len(x)
     steps = math.ceil(n / config.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=max(1, config.epochs * steps)
-    )
+    total = max(1, config.epochs * steps)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                          nesterov=True, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total)
+    amp = device.type == "cuda"
     for epoch in range(config.epochs):
         model.train()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(device)
         for i in range(steps):
             idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            loss = F.cross_entropy(model(x[idx]), y[idx], label_smoothing=config.label_smoothing)
+            xb = data.augment_batch(x[idx], gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = F.cross_entropy(model(xb), y[idx], label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if on_step is not None:
+                on_step(epoch * steps + i + 1, total)
         if on_epoch is not None:
-            on_epoch(epoch + 1, config.epochs, accuracy(model, data.x_val, data.y_val))
+            on_epoch(epoch + 1, config.epochs, accuracy(model, xv, yv))
     model.eval()
-    return model
+    return model.cpu()
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a user's trained weights (a state dict saved with ``torch.save``), safely."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--checkpoint {p} does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - any failure: not a state dict of this model
+        raise ConfigError(f"--checkpoint {p} is not a state dict of this model: "
+                          f"{' '.join(str(exc).split())[:300]}") from None
+    return model.eval()
+
+
+def _load_state(model: nn.Module, path: Path) -> nn.Module:
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # noqa: BLE001
+        raise RunDirError(f"cannot read the cached teacher {path}: {exc}; delete it to retrain"
+                          ) from None
+    return model.eval()
+
+
+def _save(model: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
 
 
 def load_or_train_teacher(
-    path: Path,
+    path: Path | None,
     model_name: str,
     data: Splits,
     config: TeacherConfig,
     on_epoch: Callable[[int, int, float], None] | None = None,
-) -> tuple[nn.Module, bool]:
-    """The teacher cached at ``path``, trained and saved first if missing.
-
-    Returns ``(model, trained_now)``.
-    """
+    *,
+    data_name: str | None = None,
+    subset: int | None = None,
+    checkpoint: str | Path | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[nn.Module, str]:
+    """The teacher for a run, and where it came from: ``"run"`` (``path`` exists),
+    ``"checkpoint"`` (the user's weights), ``"cache"`` or ``"trained"``. It is then saved
+    at ``path`` (the run directory's copy) and, when trained, in the cache."""
     torch.manual_seed(config.seed)
     model = build_model(model_name, data.num_classes, data.input_shape)
-    if path.exists():
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as exc:  # noqa: BLE001 - any failure means the cache is unusable
-            raise RunDirError(
-                f"cannot read the cached teacher {path}: {exc}; delete it to retrain"
-            ) from None
-        model.eval()
-        return model, False
-    train_teacher(model, data, config, on_epoch)
-    tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return model, True
+    if path is not None and path.exists():
+        return _load_state(model, path), "run"
+    if checkpoint is not None:
+        source = "checkpoint"
+        load_checkpoint(model, checkpoint)
+    else:
+        cached = _cache_path(cache_key(model_name, data_name or data.name, subset, config))
+        if cached.exists():
+            source = "cache"
+            _load_state(model, cached)
+        else:
+            source = "trained"
+            t0 = time.perf_counter()
+            train_teacher(model, data, config, on_epoch, on_step, device)
+            _save(model, cached)
+            meta = {"key": cache_key(model_name, data_name or data.name, subset, config),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "val_accuracy": accuracy(model, data.x_val, data.y_val),
+                    "test_accuracy": accuracy(model, data.x_test, data.y_test)}
+            cached.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    if path is not None:
+        _save(model, path)
+    return model, source
+
+
+def train_command(
+    model: str,
+    data: str,
+    *,
+    epochs: int | None = None,
+    data_dir: str | Path | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    on_epoch: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """``slimtune train``: train the teacher into the cache (or find it there) and report
+    its validation and test accuracy, training time and cache path."""
+    from slimtune.data.datasets import load_dataset
+
+    ds = load_dataset(data, data_dir, subset)
+    config = TeacherConfig(epochs=epochs or default_teacher_epochs(data), seed=seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    t0 = time.perf_counter()
+    teacher, source = load_or_train_teacher(
+        None, model, ds, config, on_epoch, data_name=data, subset=subset, on_step=on_step,
+        device=device,
+    )
+    path = _cache_path(cache_key(model, data, subset, config))
+    seconds = time.perf_counter() - t0
+    if source == "cache" and path.with_suffix(".json").is_file():
+        seconds = json.loads(path.with_suffix(".json").read_text()).get("seconds", seconds)
+    return {
+        "model": model, "data": data, "subset": subset, "epochs": config.epochs,
+        "source": source, "path": str(path), "train_seconds": round(seconds, 1),
+        "device": device,
+        "val_accuracy": accuracy(teacher, ds.x_val, ds.y_val),
+        "test_accuracy": accuracy(teacher, ds.x_test, ds.y_test),
+        "parameters": sum(p.numel() for p in teacher.parameters()),
+    }

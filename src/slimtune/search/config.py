@@ -36,7 +36,10 @@ class SearchConfig:
     warm_start: bool = True
     lr: float = 1e-3  # fine-tune Adam learning rate
     batch_size: int = 64
-    teacher_epochs: int = 40
+    teacher_epochs: int | None = None  # default: 40 on digits, 10 elsewhere
+    data_dir: Path | None = None
+    subset: int | None = None  # at most this many training examples (val/test: a quarter)
+    checkpoint: Path | None = None  # the user's trained weights for --model (no training)
     pruning: str = "both"  # which per-layer pruning knobs the space has
     objectives: tuple[str, ...] = ("accuracy", "size", "flops")
 
@@ -55,8 +58,10 @@ class SearchConfig:
              f"`--sampler` must be one of {', '.join(SAMPLERS)}, but got {self.sampler!r}"),
             (self.lr > 0, f"`lr` must be greater than 0, but got {self.lr}"),
             (self.batch_size >= 1, f"`batch_size` must be at least 1, but got {self.batch_size}"),
-            (self.teacher_epochs >= 1,
-             f"`teacher_epochs` must be at least 1, but got {self.teacher_epochs}"),
+            (self.teacher_epochs is None or self.teacher_epochs >= 1,
+             f"`--teacher-epochs` must be at least 1, but got {self.teacher_epochs}"),
+            (self.subset is None or self.subset >= 1,
+             f"`--subset` must be at least 1, but got {self.subset}"),
         ]
         objectives = tuple(self.objectives)
         object.__setattr__(self, "objectives", objectives)
@@ -75,8 +80,17 @@ class SearchConfig:
                 raise ConfigError(msg)
 
     @property
+    def resolved_teacher_epochs(self) -> int:
+        from slimtune.models.teacher import default_teacher_epochs
+
+        return self.teacher_epochs or default_teacher_epochs(self.data)
+
+    @property
     def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path("runs") / f"{self.data}-{self.model}"
+        if self.run_dir:
+            return Path(self.run_dir)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.data}-{self.model}")
+        return Path("runs") / safe
 
     @property
     def metrics(self) -> list[str]:
@@ -90,5 +104,7 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["objectives"] = list(self.objectives)
+        for k in ("data_dir", "checkpoint"):
+            d[k] = str(d[k]) if d[k] is not None else None
         d["run_dir"] = str(self.resolved_run_dir)
         return d

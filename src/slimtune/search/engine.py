@@ -40,7 +40,8 @@ class SearchEvents:
     """Callbacks for progress display; every one is optional."""
 
     teacher_epoch: Callable[[int, int, float], None] | None = None
-    teacher_ready: Callable[[dict[str, Any], bool], None] | None = None
+    teacher_step: Callable[[int, int], None] | None = None
+    teacher_ready: Callable[[dict[str, Any], str], None] | None = None  # (metrics, source)
     started: Callable[[int, int], None] | None = None  # (trials to run, concurrency)
     trial_done: Callable[[optuna.trial.FrozenTrial, dict[str, int]], None] | None = None
 
@@ -79,10 +80,11 @@ def _check_existing(run_dir: Path, config: SearchConfig, study: optuna.Study) ->
     if meta is None:
         return
     old = meta["config"]
-    for key in ("data", "model", "pruning"):
-        if old[key] != getattr(config, key):
+    for key in ("data", "model", "pruning", "subset"):
+        before = old.get(key, getattr(SearchConfig, key, None))
+        if before != getattr(config, key):
             raise ConfigError(
-                f"{run_dir} holds a search of {key} `{old[key]}`, not `{getattr(config, key)}`; "
+                f"{run_dir} holds a search of {key} `{before}`, not `{getattr(config, key)}`; "
                 f"choose another --run-dir"
             )
 
@@ -94,8 +96,10 @@ def search(config: SearchConfig, events: SearchEvents | None = None) -> SearchRe
     run_dir = config.resolved_run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
-    data = load_dataset(config.data)
+    data = load_dataset(config.data, config.data_dir, config.subset)
     build_model(config.model, data.num_classes, data.input_shape)  # fail fast on a bad name
+    if config.checkpoint is not None and not Path(config.checkpoint).is_file():
+        raise ConfigError(f"--checkpoint {config.checkpoint} does not exist")
     cluster = RayCluster(config.address)
     try:
         concurrency = cluster.max_concurrent(config.cpus_per_trial, config.gpus_per_trial)
@@ -106,9 +110,12 @@ def search(config: SearchConfig, events: SearchEvents | None = None) -> SearchRe
                              config.metrics, config.directions)
         _check_existing(run_dir, config, study)
 
-        teacher, trained_now = load_or_train_teacher(
+        teacher, source = load_or_train_teacher(
             run_dir / "teacher.pt", config.model, data,
-            TeacherConfig(epochs=config.teacher_epochs, seed=config.seed), ev.teacher_epoch,
+            TeacherConfig(epochs=config.resolved_teacher_epochs, seed=config.seed),
+            ev.teacher_epoch, data_name=config.data, subset=config.subset,
+            checkpoint=config.checkpoint, on_step=ev.teacher_step,
+            device="cuda" if torch.cuda.is_available() else "cpu",
         )
         space = SearchSpace.from_model(teacher, data.input_shape, config.pruning)
         meta = study.user_attrs.get("slimtune")
@@ -127,7 +134,7 @@ def search(config: SearchConfig, events: SearchEvents | None = None) -> SearchRe
                 for plan in warm_start_plans(space):
                     study.enqueue_trial(space.params_of(plan), skip_if_exists=True)
         if ev.teacher_ready:
-            ev.teacher_ready(meta["teacher"], trained_now)
+            ev.teacher_ready(meta["teacher"], source)
         run = Run(dir=run_dir, study=study)
         counts = _loop(config, run, space, teacher, concurrency, ev)
     finally:
@@ -165,6 +172,8 @@ def _loop(
                     seed=config.seed * 100003 + trial.number, threads=threads,
                     gpu_fraction=config.gpus_per_trial,
                     latency="latency" in config.objectives,
+                    data_dir=str(config.data_dir) if config.data_dir else None,
+                    subset=config.subset,
                 )
                 pending[task.remote(spec, teacher_ref)] = trial
                 started += 1

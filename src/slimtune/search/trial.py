@@ -13,7 +13,7 @@ from slimtune.compress.distill import DistillConfig, distill
 from slimtune.data.datasets import load_dataset
 from slimtune.export.artifact import decode, encode, stored_weights
 from slimtune.models.zoo import build_model
-from slimtune.objectives.accuracy import accuracy, logits_of
+from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.flops import count_flops
 from slimtune.objectives.latency import latency_ms
 from slimtune.spaces.plan import CompressionPlan
@@ -33,6 +33,8 @@ class TrialSpec:
     threads: int = 1
     gpu_fraction: float = 0.0  # share of one GPU this trial may use (0 = run on CPU)
     latency: bool = False  # also measure batch-1 latency of the exported model
+    data_dir: str | None = None
+    subset: int | None = None
 
 
 def measure(
@@ -76,19 +78,19 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
         device = torch.device("cuda")
         # Ray does not isolate GPU memory between fractional trials: keep to our share
         torch.cuda.set_per_process_memory_fraction(min(1.0, spec.gpu_fraction))
-    data = load_dataset(spec.data)
+    data = load_dataset(spec.data, spec.data_dir, spec.subset)
     train = data.to(device)
-    teacher = build_model(spec.model, data.num_classes, data.input_shape).to(device)
+    teacher = build_model(spec.model, data.num_classes, data.input_shape)
     teacher.load_state_dict(teacher_state)
-    teacher.eval()
+    teacher.to(device).eval()
     plan = CompressionPlan.from_dict(spec.plan)
-    t_logits = logits_of(teacher, train.x_train)
     student = apply(teacher, plan, data.input_shape)
     cfg = DistillConfig(
         temperature=plan.temperature, alpha=plan.alpha, epochs=spec.epochs,
         lr=spec.lr, batch_size=spec.batch_size,
     )
-    distill(student, t_logits, train.x_train, train.y_train, cfg,
+    distill(student, teacher, train.x_train, train.y_train, cfg,
+            augment=train.augment_batch if train.augment else None,
             generator=torch.Generator().manual_seed(spec.seed))
     out = measure(student, spec.model, data.num_classes, data.input_shape, plan,
                   data.x_val, data.y_val, latency_device=device if spec.latency else None)
