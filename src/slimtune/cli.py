@@ -74,6 +74,8 @@ def cli() -> None:
               help="Use at most N training examples (and N/4 validation and test ones).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Trained weights (a state dict) for --model: the teacher, not trained here.")
+@click.option("--max-failures", type=click.IntRange(min=1), default=None,
+              help="End the search once this many trials have failed [default: never].")
 @click.option("--teacher-epochs", type=click.IntRange(min=1), default=None,
               help="Teacher training epochs when it is trained [default: 40 on digits, else 10].")
 def search(**kwargs: Any) -> None:
@@ -142,7 +144,8 @@ def search(**kwargs: Any) -> None:
                 f"trial {t.number:3d}  FAILED: {t.user_attrs.get('error', '?')}")
         progress.update(
             state["task"], completed=counts["done"] + counts["failed"],
-            info=f"running {counts['running']}, failed {counts['failed']}",
+            info=f"running {counts['running']}, failed {counts['failed']}, "
+                 f"hypervolume {counts['hypervolume']:.4f}",
         )
 
     events = SearchEvents(teacher_epoch=teacher_epoch, teacher_step=teacher_step,
@@ -160,7 +163,7 @@ def search(**kwargs: Any) -> None:
         if state.get("live"):
             progress.stop()
     err.print(f"search finished in {result.seconds:.0f} s: {result.counts['done']} trials done, "
-              f"{result.counts['failed']} failed")
+              f"{result.counts['failed']} failed; hypervolume {result.counts['hypervolume']:.4f}")
     _print_front(run_dir)
 
 
@@ -192,6 +195,9 @@ def _print_front(run_dir: Path) -> None:
     Console(highlight=False, width=max(100, Console().width)).print(table)
     err.print("FLOPs = effective MACs at batch 1 (pruned weights skipped; the objective), "
               "dense = every weight multiplied, BOPs = MACs x weight bits x 32 activation bits")
+    Console(highlight=False).print(
+        f"hypervolume {info.hypervolume:.4f} (size and FLOPs relative to the teacher, "
+        "1 - accuracy; reference point (1, 1, 1); 1 would be a free, perfect model)")
     html = write_html(info)
     err.print(f"interactive plot: {html}")
     if info.front:

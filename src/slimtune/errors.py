@@ -14,6 +14,7 @@ __all__ = [
     "ArtifactError",
     "ResourceError",
     "DataError",
+    "SearchAborted",
 ]
 
 
@@ -46,3 +47,7 @@ class ResourceError(SlimtuneError):
 
 class DataError(SlimtuneError):
     """A data directory that is missing, incomplete or holds malformed files."""
+
+
+class SearchAborted(SlimtuneError):
+    """The search stopped early (too many failed trials); finished trials are kept."""

@@ -10,7 +10,7 @@ from slimtune.errors import ConfigError
 
 __all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES"]
 
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 #: objective name -> (trial metric it optimizes, direction)
 OBJECTIVES: dict[str, tuple[str, str]] = {
     "accuracy": ("accuracy", "maximize"),
@@ -42,6 +42,7 @@ class SearchConfig:
     checkpoint: Path | None = None  # the user's trained weights for --model (no training)
     pruning: str = "both"  # which per-layer pruning knobs the space has
     objectives: tuple[str, ...] = ("accuracy", "size", "flops")
+    max_failures: int | None = None  # end the search once this many trials failed
 
     def __post_init__(self) -> None:
         checks = [
@@ -60,6 +61,8 @@ class SearchConfig:
             (self.batch_size >= 1, f"`batch_size` must be at least 1, but got {self.batch_size}"),
             (self.teacher_epochs is None or self.teacher_epochs >= 1,
              f"`--teacher-epochs` must be at least 1, but got {self.teacher_epochs}"),
+            (self.max_failures is None or self.max_failures >= 1,
+             f"`--max-failures` must be at least 1, but got {self.max_failures}"),
             (self.subset is None or self.subset >= 1,
              f"`--subset` must be at least 1, but got {self.subset}"),
         ]

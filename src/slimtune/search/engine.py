@@ -16,23 +16,24 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
 from slimtune import __version__
 from slimtune.data.datasets import load_dataset
-from slimtune.errors import ConfigError
+from slimtune.errors import ConfigError, SearchAborted
 from slimtune.export.artifact import decode, save
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
 from slimtune.models.zoo import build_model
 from slimtune.objectives.accuracy import accuracy
 from slimtune.search.config import SearchConfig
-from slimtune.search.pareto import FrontPoint, pareto_front
+from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.ray_runner import RayCluster
 from slimtune.search.study import Run, create_study, make_sampler
 from slimtune.search.trial import TrialSpec, measure, run_trial
 from slimtune.spaces.plan import CompressionPlan
 from slimtune.spaces.space import SearchSpace
 
-__all__ = ["search", "SearchResult", "SearchEvents", "warm_start_plans"]
+__all__ = ["search", "SearchResult", "SearchEvents", "TrialRecord", "warm_start_plans"]
 
 
 @dataclass
@@ -43,7 +44,7 @@ class SearchEvents:
     teacher_step: Callable[[int, int], None] | None = None
     teacher_ready: Callable[[dict[str, Any], str], None] | None = None  # (metrics, source)
     started: Callable[[int, int], None] | None = None  # (trials to run, concurrency)
-    trial_done: Callable[[optuna.trial.FrozenTrial, dict[str, int]], None] | None = None
+    trial_done: Callable[[TrialRecord, dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -89,8 +90,15 @@ def _check_existing(run_dir: Path, config: SearchConfig, study: optuna.Study) ->
             )
 
 
-def search(config: SearchConfig, events: SearchEvents | None = None) -> SearchResult:
-    """Run ``config.trials`` trials (more, if the run directory already holds some)."""
+def search(
+    config: SearchConfig,
+    events: SearchEvents | None = None,
+    trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_trial,
+) -> SearchResult:
+    """Run ``config.trials`` trials (more, if the run directory already holds some).
+
+    ``trial_fn`` (tests and benchmarks) replaces the trial function run in each Ray task.
+    """
     ev = events or SearchEvents()
     t_start = time.perf_counter()
     run_dir = config.resolved_run_dir
@@ -136,7 +144,7 @@ def search(config: SearchConfig, events: SearchEvents | None = None) -> SearchRe
         if ev.teacher_ready:
             ev.teacher_ready(meta["teacher"], source)
         run = Run(dir=run_dir, study=study)
-        counts = _loop(config, run, space, teacher, concurrency, ev)
+        counts = _loop(config, run, space, teacher, concurrency, ev, trial_fn)
     finally:
         cluster.shutdown()
     return SearchResult(run=run, front=pareto_front(study), counts=counts,
@@ -146,16 +154,21 @@ def search(config: SearchConfig, events: SearchEvents | None = None) -> SearchRe
 def _loop(
     config: SearchConfig, run: Run, space: SearchSpace, teacher: torch.nn.Module,
     concurrency: int, ev: SearchEvents,
-) -> dict[str, int]:
+    trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_trial,
+) -> dict[str, Any]:
     import ray
 
     study = run.study
     teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
-    task = ray.remote(run_trial).options(
+    task = ray.remote(trial_fn).options(
         num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0
     )
     threads = max(1, math.floor(config.cpus_per_trial))
-    counts = {"done": 0, "failed": 0, "running": 0, "total": config.trials}
+    counts: dict[str, Any] = {"done": 0, "failed": 0, "running": 0, "total": config.trials,
+                              "hypervolume": 0.0, "front": 0}
+    teacher_metrics = run.teacher
+    points = [FrontPoint.of(t) for t in study.get_trials(states=[TrialState.COMPLETE])]
+    counts["hypervolume"] = hypervolume(points, teacher_metrics)  # of earlier searches here
     pending: dict[Any, optuna.trial.Trial] = {}
     started = 0
     if ev.started:
@@ -181,22 +194,58 @@ def _loop(
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 trial = pending.pop(ref)
-                _finish(run, trial, ref, counts, config.metrics)
+                point = _finish(run, trial, ref, counts, config.metrics, points, teacher_metrics)
+                if point is not None:
+                    points.append(point)
                 counts["running"] = len(pending)
                 if ev.trial_done:
-                    ev.trial_done(study.trials[trial.number], counts)
+                    ev.trial_done(_record(study, trial), counts)
+                if config.max_failures and counts["failed"] >= config.max_failures:
+                    last = _record(study, trial).user_attrs.get("error", "?")
+                    _abandon(study, pending, "the search stopped: too many failed trials")
+                    raise SearchAborted(
+                        f"{counts['failed']} trials failed (--max-failures "
+                        f"{config.max_failures}); the last: {last}"
+                    )
     except KeyboardInterrupt:
-        for ref, trial in pending.items():
-            ray.cancel(ref, force=True)
-            trial.set_user_attr("error", "interrupted by the user (SIGINT)")
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _abandon(study, pending, "interrupted by the user (SIGINT)")
         raise
+    finally:  # once, not per trial: every storage write costs a commit
+        study.set_user_attr("hypervolume", counts["hypervolume"])
     return counts
 
 
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a progress display needs of a finished trial (no storage round trip)."""
+
+    number: int
+    state: TrialState
+    user_attrs: dict[str, Any]
+    values: list[float] | None
+
+
+def _record(study: optuna.Study, trial: optuna.trial.Trial) -> TrialRecord:
+    frozen = study._storage.get_trial(trial._trial_id)  # one trial, from Optuna's cache
+    return TrialRecord(frozen.number, frozen.state, frozen.user_attrs, frozen.values)
+
+
+def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason: str) -> None:
+    """Cancel running trials and record them as failed, so no trial is left RUNNING."""
+    import ray
+
+    for ref, trial in pending.items():
+        ray.cancel(ref, force=True)
+        trial.set_user_attr("error", reason)
+        study.tell(trial, state=TrialState.FAIL)
+    pending.clear()
+
+
 def _finish(
-    run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, int], metrics: list[str]
-) -> None:
+    run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, Any], metrics: list[str],
+    points: list[FrontPoint], teacher: dict[str, Any],
+) -> FrontPoint | None:
+    """Record one finished task in the study; the new front point, or None if it failed."""
     import ray
 
     try:
@@ -207,14 +256,21 @@ def _finish(
     except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, the search goes on
         cause = getattr(exc, "cause", None) or exc
         trial.set_user_attr("error", f"{type(cause).__name__}: {cause}"[:2000])
-        run.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        run.study.tell(trial, state=TrialState.FAIL)
         counts["failed"] += 1
-        return
-    save(run.artifact_path(trial.number), out["artifact"])
+        return None
+    if out.get("artifact"):
+        save(run.artifact_path(trial.number), out["artifact"])
     for key in _METRICS:
         if key in out:
             name = "val_accuracy" if key == "accuracy" else key
             trial.set_user_attr(name, out[key])
     trial.set_user_attr("seconds", round(float(out["seconds"]), 3))
+    point = FrontPoint(trial=trial.number, accuracy=float(out["accuracy"]),
+                       size_bytes=int(out["size_bytes"]), flops=int(out["flops"]), plan={})
+    hv = hypervolume([*points, point], teacher)
+    trial.set_user_attr("hypervolume", hv)  # of all complete trials up to this one
     run.study.tell(trial, values)
     counts["done"] += 1
+    counts["hypervolume"] = hv
+    return point

@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 
-__all__ = ["FrontPoint", "pareto_front"]
+__all__ = ["FrontPoint", "pareto_front", "hypervolume", "normalized_losses"]
 
 
 @dataclass(frozen=True)
@@ -64,3 +64,22 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
         seen.add(key)
         points.append(FrontPoint.of(t))
     return sorted(points, key=lambda p: (p.size_bytes, -p.accuracy))
+
+
+def normalized_losses(points: list[FrontPoint], teacher: dict[str, Any]) -> list[list[float]]:
+    """Each point as (size / teacher size, FLOPs / teacher FLOPs, 1 - accuracy)."""
+    return [[p.size_bytes / teacher["size_bytes"], p.flops / teacher["flops"], 1.0 - p.accuracy]
+            for p in points]
+
+
+def hypervolume(points: list[FrontPoint], teacher: dict[str, Any]) -> float:
+    """Hypervolume of ``points`` in the normalized space of :func:`normalized_losses`, with
+    reference point (1, 1, 1): 0 for nothing better than the teacher's size and FLOPs at zero
+    accuracy, 1 for a free, perfect model. Points outside the reference box add nothing."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume  # private: wrapped here only
+
+    losses = [x for x in normalized_losses(points, teacher) if all(v < 1.0 for v in x)]
+    if not losses:
+        return 0.0
+    return float(compute_hypervolume(np.asarray(losses), np.ones(3), assume_pareto=False))

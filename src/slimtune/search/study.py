@@ -38,13 +38,39 @@ def storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / DB_NAME).resolve()}"
 
 
+def _sqlite_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna's RDB storage on SQLite in WAL mode with ``synchronous=NORMAL``: a commit
+    no longer waits for an fsync (about 30 commits a trial), and a killed process still
+    loses nothing it committed; only an OS crash can lose the last transactions."""
+    from sqlalchemy import event
+
+    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+
+    def pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections opened before the listener: reopen with it
+    return storage
+
+
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+    """A sampler by name, seeded (Optuna does not store sampler state: reseed on resume)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
+        if name == "nsga3":
+            return optuna.samplers.NSGAIIISampler(seed=seed, population_size=16)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
     raise RunDirError(f"unknown sampler `{name}`")
 
 
@@ -58,7 +84,7 @@ def create_study(
     directions = list(directions or DIRECTIONS)
     study = optuna.create_study(
         study_name=STUDY_NAME,
-        storage=storage_url(run_dir),
+        storage=_sqlite_storage(storage_url(run_dir)),
         directions=directions,
         sampler=sampler,
         load_if_exists=True,

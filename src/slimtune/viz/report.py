@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from slimtune.search.pareto import FrontPoint, pareto_front
+from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.study import Run, open_run
 
 __all__ = ["FrontInfo", "front_info", "figure", "write_html", "plan_summary"]
@@ -23,11 +23,16 @@ class FrontInfo(NamedTuple):
     others: list[FrontPoint]  # dominated complete trials
     counts: dict[str, int]
 
+    @property
+    def hypervolume(self) -> float:
+        return hypervolume(self.front, self.teacher)
+
     def to_dict(self) -> dict[str, Any]:
         keys = ("accuracy", "size_bytes", "flops", "dense_flops", "bitops", "latency_ms")
         return {
             "teacher": {k: self.teacher[k] for k in keys if k in self.teacher},
             "front": [p.to_dict() for p in self.front],
+            "hypervolume": self.hypervolume,
         }
 
     @property

@@ -1,0 +1,88 @@
+"""The search engine: samplers, hypervolume, failing trials (trial work made cheap)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from slimtune.errors import SearchAborted
+from slimtune.search import SAMPLERS, SearchConfig
+from slimtune.search.engine import search
+from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
+from tests.user_code import cheap_trial  # importable by Ray workers, unlike this file
+
+TEACHER = {"size_bytes": 1000, "flops": 100, "accuracy": 0.9}
+COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                           optuna.trial.TrialState.RUNNING)
+
+
+def _p(acc, size, flops):
+    return FrontPoint(trial=0, accuracy=acc, size_bytes=size, flops=flops, plan={})
+
+
+def test_hypervolume_by_hand():
+    assert hypervolume([], TEACHER) == 0.0
+    # one point: (0.5, 0.5, 1 - 0.9) -> box 0.5 * 0.5 * 0.9
+    assert hypervolume([_p(0.9, 500, 50)], TEACHER) == pytest.approx(0.225)
+    # losses (0.5, 0.5, 0.1) and (0.25, 0, 0.5): boxes 0.5*0.5*0.9 and 0.75*1*0.5,
+    # overlapping in [0.5, 1] x [0.5, 1] x [0.5, 1] = 0.125
+    two = [_p(0.9, 500, 50), _p(0.5, 250, 0)]
+    assert hypervolume(two, TEACHER) == pytest.approx(0.225 + 0.375 - 0.125)
+    # a dominated point adds nothing; a point outside the reference box adds nothing
+    assert hypervolume([*two, _p(0.4, 600, 60), _p(1.0, 2000, 10)], TEACHER) == pytest.approx(
+        0.475)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(ray_session, tmp_path_factory):
+    """A run directory with its teacher trained once (digits, 2 epochs)."""
+    d = tmp_path_factory.mktemp("engine")
+    search(SearchConfig(trials=1, teacher_epochs=2, run_dir=d / "seed"), trial_fn=cheap_trial)
+    return d
+
+
+def _copy_teacher(src, dst):
+    dst.mkdir(parents=True)
+    (dst / "teacher.pt").write_bytes((src / "seed" / "teacher.pt").read_bytes())
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_runs_by_name_and_the_hypervolume_is_stored(sampler, teacher_run):
+    run_dir = teacher_run / sampler
+    _copy_teacher(teacher_run, run_dir)
+    result = search(SearchConfig(trials=8, teacher_epochs=2, run_dir=run_dir, sampler=sampler,
+                                 warm_start=False, seed=3), trial_fn=cheap_trial)
+    study = result.run.study
+    assert len(study.get_trials(states=[COMPLETE])) == 6, [
+        (t.number, t.state.name, t.user_attrs.get("error")) for t in study.trials]
+    hv = study.user_attrs["hypervolume"]
+    assert hv == pytest.approx(hypervolume(pareto_front(study), result.run.teacher))
+    done = sorted(study.get_trials(states=[COMPLETE]), key=lambda t: t.datetime_complete)
+    history = [t.user_attrs["hypervolume"] for t in done]  # in the order they finished
+    assert history == sorted(history) and history[-1] == pytest.approx(hv) and hv > 0
+
+
+def test_failing_trials_are_recorded_with_their_message_and_the_others_finish(teacher_run):
+    run_dir = teacher_run / "failing"
+    _copy_teacher(teacher_run, run_dir)
+    result = search(SearchConfig(trials=8, teacher_epochs=2, run_dir=run_dir),
+                    trial_fn=cheap_trial)
+    study = result.run.study
+    failed = study.get_trials(states=[FAIL])
+    assert sorted(t.number for t in failed) == [3, 5]
+    for t in failed:
+        assert t.user_attrs["error"] == f"RuntimeError: layer cannot be handled (trial {t.number})"
+    assert len(study.get_trials(states=[COMPLETE])) == 6
+    assert result.counts == {**result.counts, "done": 6, "failed": 2}
+
+
+def test_max_failures_ends_the_search_and_leaves_no_trial_running(teacher_run):
+    run_dir = teacher_run / "max-failures"
+    _copy_teacher(teacher_run, run_dir)
+    with pytest.raises(SearchAborted, match=r"2 trials failed \(--max-failures 2\)"):
+        search(SearchConfig(trials=20, teacher_epochs=2, run_dir=run_dir, max_failures=2),
+               trial_fn=cheap_trial)
+    study = optuna.load_study(study_name="slimtune",
+                              storage=f"sqlite:///{run_dir / 'study.db'}")
+    assert not study.get_trials(states=[RUNNING])
+    assert len(study.trials) < 20
