@@ -4,7 +4,6 @@ import random
 import struct
 import zlib
 
-import optuna
 import pytest
 import torch
 
@@ -14,19 +13,9 @@ from slimtune.errors import ArtifactError, SlimtuneError
 from slimtune.export.artifact import decode, encode, save
 from slimtune.models import build_model
 from slimtune.spaces import CompressionPlan, SearchSpace
+from tests.tiny_models import random_plans
 
 CASES = [("conv_net", (1, 6, 6), 5), ("small_cnn", (1, 8, 8), 10)]
-
-
-def _random_plans(model, shape, n, seed):
-    space = SearchSpace.from_model(model, shape)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    plans = []
-    for _ in range(n):
-        trial = study.ask()
-        plans.append(space.sample(trial))
-        study.tell(trial, 0.0)
-    return plans
 
 
 @pytest.mark.parametrize("name, shape, classes", CASES)
@@ -34,7 +23,7 @@ def test_export_round_trip_matches_the_in_memory_student_and_its_size(name, shap
                                                                       tmp_path):
     teacher = build_model(name, classes, shape).eval()
     x = torch.randn(16, *shape)
-    for i, plan in enumerate(_random_plans(teacher, shape, 15, seed=len(name))):
+    for i, plan in enumerate(random_plans(teacher, shape, 15, seed=len(name))):
         student = apply(teacher, plan, shape).eval()
         blob = encode(student, name, classes, shape, plan)
         path = tmp_path / f"s{i}.slim"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import optuna
 import pytest
 import torch
 
@@ -15,25 +14,15 @@ from slimtune.models import build_model
 from slimtune.objectives import count_flops
 from slimtune.objectives.size import size_bytes
 from slimtune.search.trial import measure
-from slimtune.spaces import CompressionPlan, LayerPlan, SearchSpace
+from slimtune.spaces import CompressionPlan, LayerPlan
+from tests.tiny_models import random_plans
 
 ARCHS = [("small_cnn", (1, 8, 8), 10), ("tiny_resnet", (1, 8, 8), 10)]
 
 
-def _plans(teacher, shape, n, seed):
-    space = SearchSpace.from_model(teacher, shape, pruning="both")
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    out = []
-    for _ in range(n):
-        trial = study.ask()
-        out.append(space.sample(trial))
-        study.tell(trial, 0.0)
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name, shape, classes", ARCHS)
-def test_property_export_size_predictions_and_onnx_agree_for_random_plans(
+def test_property_export_size_predictions_and_onnx_agree_for_randomrandom_plans(
     name, shape, classes, tmp_path
 ):
     from slimtune.export.onnx import export_onnx
@@ -41,7 +30,7 @@ def test_property_export_size_predictions_and_onnx_agree_for_random_plans(
     torch.manual_seed(0)
     teacher = build_model(name, classes, shape).eval()
     x = torch.randn(64, *shape)
-    for i, plan in enumerate(_plans(teacher, shape, 30, seed=7)):
+    for i, plan in enumerate(random_plans(teacher, shape, 30, seed=7)):
         student = apply(teacher, plan, shape).eval()
         size = size_bytes(student, name, classes, shape, plan)
         path = tmp_path / f"{i}.slim"

@@ -32,3 +32,20 @@ class ConvNet(nn.Module):
         x = torch.relu(self.c1(x))
         x = torch.relu(self.c2(x))
         return self.fc(x.flatten(1))
+
+
+def random_plans(model: nn.Module, input_shape: tuple[int, ...], n: int, seed: int,
+                 pruning: str = "both") -> list:
+    """``n`` plans drawn by Optuna's random sampler from ``model``'s search space."""
+    import optuna
+
+    from slimtune.spaces import SearchSpace
+
+    space = SearchSpace.from_model(model, input_shape, pruning=pruning)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    plans = []
+    for _ in range(n):
+        trial = study.ask()
+        plans.append(space.sample(trial))
+        study.tell(trial, 0.0)
+    return plans

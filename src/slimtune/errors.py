@@ -15,6 +15,7 @@ __all__ = [
     "ResourceError",
     "DataError",
     "SearchAborted",
+    "import_object",
 ]
 
 
@@ -51,3 +52,15 @@ class DataError(SlimtuneError):
 
 class SearchAborted(SlimtuneError):
     """The search stopped early (too many failed trials); finished trials are kept."""
+
+
+def import_object(spec: str, what: str) -> object:
+    """The object named by ``"package.module:attribute"`` (user models and data sets);
+    :class:`UnknownNameError` naming ``what`` if it cannot be imported."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise UnknownNameError(f"cannot load {what} `{spec}`: {exc}") from None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib
 import pickle
 import struct
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimtune.errors import ConfigError, DataError, UnknownNameError
+from slimtune.errors import ConfigError, DataError, UnknownNameError, import_object
 
 __all__ = ["Splits", "DATASETS", "load_dataset", "SPLIT_SEED", "FASHION_MNIST_DIR"]
 
@@ -297,11 +296,7 @@ def _as_tensors(obj: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _load_user(spec: str, data_dir: Path | None) -> Splits:
-    module_name, _, func_name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise UnknownNameError(f"cannot load dataset `{spec}`: {exc}") from None
+    fn: Any = import_object(spec, "dataset")
     try:
         out = fn(data_dir) if data_dir is not None else fn()
         train, val, test = out

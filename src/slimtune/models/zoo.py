@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from slimtune.errors import UnknownNameError
+from slimtune.errors import UnknownNameError, import_object
 
 __all__ = ["SmallCNN", "VGGSmall", "CifarResNet", "MODELS", "build_model"]
 
@@ -166,14 +167,9 @@ def _parent_of(model: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
 def _user(spec: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """``module:factory``: called with ``num_classes`` and ``input_shape`` where it takes
     them (by name), else with no arguments."""
-    import importlib
     import inspect
 
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise UnknownNameError(f"cannot load model `{spec}`: {exc}") from None
+    factory: Any = import_object(spec, "model")
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
