@@ -21,10 +21,9 @@ from optuna.trial import TrialState
 from slimtune import __version__
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, SearchAborted
-from slimtune.export.artifact import decode, save
+from slimtune.export.artifact import save
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
 from slimtune.models.zoo import build_model
-from slimtune.objectives.accuracy import accuracy
 from slimtune.search.config import SearchConfig
 from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.ray_runner import RayCluster
@@ -69,11 +68,9 @@ def _teacher_metrics(
     """The teacher measured exactly as students are: through its own artifact."""
     plan = CompressionPlan()
     m = measure(teacher, model, data.num_classes, data.input_shape, plan, data.x_val,
-                data.y_val, latency_device="cpu" if latency else None)
-    exported, _ = decode(m["artifact"])
-    out = {k: m[k] for k in _METRICS if k in m}
-    out["test_accuracy"] = accuracy(exported, data.x_test, data.y_test)
-    return out
+                data.y_val, latency_device="cpu" if latency else None,
+                test=(data.x_test, data.y_test))
+    return {k: m[k] for k in (*_METRICS, "test_accuracy") if k in m}
 
 
 def _check_existing(run_dir: Path, config: SearchConfig, study: optuna.Study) -> None:

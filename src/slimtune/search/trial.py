@@ -47,11 +47,13 @@ def measure(
     y_val: torch.Tensor,
     *,
     latency_device: torch.device | str | None = None,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Export ``student`` and measure the artifact itself: the numbers a user will get.
 
     ``flops`` is the effective count (the objective); ``dense_flops`` and ``bitops`` are
-    reported beside it. With ``latency_device``, also ``latency_ms`` there.
+    reported beside it. With ``latency_device``, also ``latency_ms`` there; with ``test``
+    (reports only, never the search), also ``test_accuracy``.
     """
     blob = encode(student, model_name, num_classes, input_shape, plan)
     exported, header = decode(blob)
@@ -64,6 +66,8 @@ def measure(
         "bitops": report.bitops,
         "artifact": blob,
     }
+    if test is not None:
+        out["test_accuracy"] = accuracy(exported, *test)
     if latency_device is not None:
         out["latency_ms"] = latency_ms(exported, input_shape, latency_device)
     return out
