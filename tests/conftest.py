@@ -63,3 +63,26 @@ def _private_teacher_cache(tmp_path_factory):
         os.environ.pop("SLIMTUNE_CACHE", None)
     else:
         os.environ["SLIMTUNE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """SQLAlchemy URL of a real, throwaway PostgreSQL server (tests/pg_server.py).
+
+    Skipped where PostgreSQL is not installed; under CI (CI=true) that is a failure, since
+    scripts/test.sh installs Debian's postgresql package.
+    """
+    from tests.pg_server import postgres_server, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is None:
+        try:
+            import psycopg  # noqa: F401  (SQLAlchemy's postgresql+psycopg driver)
+        except ImportError:
+            reason = "psycopg is not installed: pip install -c constraints.txt -e '.[test]'"
+    if reason is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must provide PostgreSQL: {reason}")
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url

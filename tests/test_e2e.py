@@ -109,14 +109,23 @@ def test_export_load_and_eval_agree_with_the_model_card(run, capsys, tmp_path):
     assert abs(json.loads(out)["accuracy"] - card["test_accuracy"]) <= 0.001
 
 
-def test_a_second_search_in_the_same_run_dir_reuses_the_teacher(run, ray_session):
+def test_a_second_search_in_a_run_dir_is_refused_and_resume_adds_to_the_budget(run,
+                                                                                ray_session):
+    from slimtune.errors import RunDirError
+    from slimtune.search.engine import resume
+
+    with pytest.raises(RunDirError, match="--resume"):
+        search(SearchConfig(trials=1, epochs=0, teacher_epochs=3, run_dir=run.run.dir, seed=1))
     teacher = run.run.dir / "teacher.pt"
     before = teacher.stat().st_mtime_ns
-    again = search(SearchConfig(trials=1, epochs=0, teacher_epochs=3, run_dir=run.run.dir,
-                                seed=1))
+    with pytest.raises(Exception, match="cannot change --epochs"):
+        resume(run.run.dir, trials=6, epochs=3)
+    again = resume(run.run.dir, trials=6)  # a new budget: one more trial
     assert teacher.stat().st_mtime_ns == before
     complete = again.run.study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert len(complete) == 6
+    assert again.counts["total"] == 1
+    assert again.run.meta["config"]["epochs"] == 1  # the stored settings, not the defaults
     assert (run.run.dir / DB_NAME).is_file()
 
 

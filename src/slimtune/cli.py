@@ -78,13 +78,49 @@ def cli() -> None:
               help="End the search once this many trials have failed [default: never].")
 @click.option("--teacher-epochs", type=click.IntRange(min=1), default=None,
               help="Teacher training epochs when it is trained [default: 40 on digits, else 10].")
-def search(**kwargs: Any) -> None:
+@click.option("--max-size", default=None, metavar="BYTES",
+              help="Size budget of the exported file, e.g. 50kB, 1.5MB, 20KiB: larger plans "
+                   "are recorded as infeasible and never trained.")
+@click.option("--max-flops", default=None, metavar="N",
+              help="Budget of effective MACs, e.g. 2M, 1.2G: larger plans are recorded as "
+                   "infeasible and never trained.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=None,
+              help="Validation accuracy a trial must reach to count (a constraint).")
+@click.option("--early-stop/--no-early-stop", default=True, show_default=True,
+              help="Stop a trial once a finished one, no larger and with no more FLOPs, beats "
+                   "its accuracy by more than a margin that shrinks as epochs pass.")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
+              metavar="DIR",
+              help="Continue the search in DIR with its settings up to its trial budget "
+                   "(--trials sets a new one); trials a dead search left running are retried.")
+@click.option("--storage", default=None, metavar="URL",
+              help="SQLAlchemy URL of a shared study (postgresql+psycopg://..., "
+                   "mysql+pymysql://...) [default: SQLite in the run directory].")
+@click.option("--study-name", default=_D.study_name, show_default=True,
+              help="Study name inside --storage (several searches can share one database).")
+@click.pass_context
+def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
     """Search for the best accuracy / size / FLOPs trade-offs."""
+    from click.core import ParameterSource
+
     from slimtune.search import SearchConfig, SearchEvents
     from slimtune.search import search as run_search
+    from slimtune.search.config import parse_quantity
+    from slimtune.search.engine import resume
 
     kwargs["objectives"] = tuple(o.strip() for o in kwargs["objectives"].split(",") if o.strip())
-    config = SearchConfig(**kwargs)
+    if kwargs["max_size"] is not None:
+        kwargs["max_size"] = parse_quantity(kwargs["max_size"], "--max-size", "B")
+    if kwargs["max_flops"] is not None:
+        kwargs["max_flops"] = parse_quantity(kwargs["max_flops"], "--max-flops")
+    if resume_dir is not None:
+        given = {k: v for k, v in kwargs.items()
+                 if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        run_dir = resume_dir
+        config = None
+    else:
+        config = SearchConfig(**kwargs)
+        run_dir = config.resolved_run_dir
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err, transient=False,
@@ -122,55 +158,97 @@ def search(**kwargs: Any) -> None:
         )
 
     def started(n: int, concurrency: int) -> None:
+        import time
+
+        state["t0"] = time.monotonic()
         state["task"] = progress.add_task("trials", total=n, info="")
+        epochs = (config.epochs if config else None)
         progress.console.log(
-            f"running {n} trials, {concurrency} at a time, {config.epochs} fine-tune epochs "
-            "each (x = smaller / fewer than the teacher)"
+            f"running {n} trials, {concurrency} at a time"
+            + (f", {epochs} fine-tune epochs each" if epochs is not None else "")
+            + " (x = smaller / fewer than the teacher)"
         )
 
-    def trial_done(t: Any, counts: dict[str, int]) -> None:
+    def trial_done(t: Any, counts: dict[str, Any]) -> None:
+        import time
+
         teacher = state["teacher"]
-        if t.state.name == "COMPLETE":
-            a = t.user_attrs
+        a = t.user_attrs
+        name = t.state.name
+        if name in ("COMPLETE", "PRUNED"):
             acc, size, macs = a["val_accuracy"], a["size_bytes"], a["flops"]
-            progress.console.print(
-                f"trial {t.number:3d}  acc {acc:.4f}  {_fmt_bytes(size):>9} "
-                f"({teacher['size_bytes'] / size:4.1f}x)  {_fmt_count(macs):>7} MACs "
-                f"({teacher['flops'] / max(macs, 1):4.2f}x)  "
-                f"{t.user_attrs.get('seconds', 0):4.1f} s"
-            )
+            line = (f"trial {t.number:3d}  acc {acc:.4f}  {_fmt_bytes(size):>9} "
+                    f"({teacher['size_bytes'] / size:4.1f}x)  {_fmt_count(macs):>7} MACs "
+                    f"({teacher['flops'] / max(macs, 1):4.2f}x)  {a.get('seconds', 0):4.1f} s")
+            if name == "PRUNED":
+                line += (f"  stopped after epoch {a['epochs_trained']}: trial "
+                         f"{a['dominated_by']} is no larger and reached "
+                         f"{a['dominator_accuracy']:.4f}")
+            elif a.get("status") == "over_budget":
+                line += "  over budget: not trained (accuracy before fine-tuning)"
+            elif t.constraints and any(v > 0 for v in t.constraints.values()):
+                line += "  infeasible (below --min-accuracy)"
+            progress.console.print(line)
         else:
-            progress.console.print(
-                f"trial {t.number:3d}  FAILED: {t.user_attrs.get('error', '?')}")
+            progress.console.print(f"trial {t.number:3d}  FAILED: {a.get('error', '?')}")
+        finished = counts["done"] + counts["failed"] + counts["pruned"]
+        left = ""
+        if finished:
+            per = (time.monotonic() - state["t0"]) / finished
+            left = f", about {_fmt_seconds(per * (counts['total'] - finished))} left"
         progress.update(
-            state["task"], completed=counts["done"] + counts["failed"],
-            info=f"running {counts['running']}, failed {counts['failed']}, "
-                 f"hypervolume {counts['hypervolume']:.4f}",
+            state["task"], completed=finished,
+            info=f"running {counts['running']}, pruned {counts['pruned']}, failed "
+                 f"{counts['failed']}; front {counts['front']}, hypervolume "
+                 f"{counts['hypervolume']:.4f}{left}",
         )
+        if not err.is_terminal and finished % 10 == 0:
+            err.print(f"{finished}/{counts['total']} trials: {progress.tasks[-1].fields['info']}")
 
     events = SearchEvents(teacher_epoch=teacher_epoch, teacher_step=teacher_step,
                           teacher_ready=teacher_ready, started=started, trial_done=trial_done)
-    run_dir = config.resolved_run_dir
     try:
-        result = run_search(config, events)
+        if resume_dir is not None:
+            result = resume(resume_dir, events, **given)
+        else:
+            result = run_search(config, events)
     except KeyboardInterrupt:
         if state.get("live"):
             progress.stop()
-        err.print(f"interrupted: finished trials are saved in {run_dir}; run the same command "
-                  f"again to add trials, or `slimtune front {run_dir}` to see the front")
+        err.print(f"interrupted: finished trials are saved in {run_dir}; the running ones were "
+                  f"marked failed and will be retried: continue with `slimtune search --resume "
+                  f"{run_dir}`" + (" --storage URL" if kwargs.get("storage") else "")
+                  + f", or see the front with `slimtune front {run_dir}`")
         sys.exit(130)
     finally:
         if state.get("live"):
             progress.stop()
-    err.print(f"search finished in {result.seconds:.0f} s: {result.counts['done']} trials done, "
-              f"{result.counts['failed']} failed; hypervolume {result.counts['hypervolume']:.4f}")
-    _print_front(run_dir)
+    c = result.counts
+    extra = ""
+    if c["pruned"] or c["over_budget"]:
+        extra = (f"; {c['pruned']} stopped early, {c['over_budget']} over budget (not "
+                 f"trained): {c['epochs_saved']} of "
+                 f"{c['epochs_saved'] + c['epochs_trained']} trial epochs saved")
+    err.print(f"search finished in {result.seconds:.0f} s: {c['done']} trials done, "
+              f"{c['failed']} failed{extra}; hypervolume {c['hypervolume']:.4f}")
+    _print_front(run_dir, kwargs.get("storage"), kwargs.get("study_name") or _D.study_name)
 
 
-def _print_front(run_dir: Path) -> None:
+def _fmt_seconds(s: float) -> str:
+    s = max(0, int(s))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+def _print_front(run_dir: Path, storage: str | None = None,
+                 study_name: str = _D.study_name) -> None:
+    from slimtune.search.study import open_run
     from slimtune.viz.report import front_info, write_html
 
-    info = front_info(run_dir)
+    info = front_info(open_run(run_dir, storage=storage, study_name=study_name))
     t = info.teacher
     table = Table(title=f"Pareto front of {run_dir} ({info.model} on {info.dataset}; "
                         "accuracy on the validation split)")
@@ -205,19 +283,28 @@ def _print_front(run_dir: Path) -> None:
                   f"--out student.slim")
 
 
+_storage_opt = click.option("--storage", default=None, metavar="URL",
+                            help="The --storage URL the search used, if any.")
+_study_opt = click.option("--study-name", default=_D.study_name, show_default=True,
+                          help="The study name inside --storage.")
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON.")
-def front(run_dir: Path, as_json: bool) -> None:
+@_storage_opt
+@_study_opt
+def front(run_dir: Path, as_json: bool, storage: str | None, study_name: str) -> None:
     """Print the Pareto front of a run and write RUN_DIR/pareto.html."""
+    from slimtune.search.study import open_run
     from slimtune.viz.report import front_info, write_html
 
     if as_json:
-        info = front_info(run_dir)
+        info = front_info(open_run(run_dir, storage=storage, study_name=study_name))
         write_html(info)
         click.echo(json.dumps(info.to_dict(), indent=2))
     else:
-        _print_front(run_dir)
+        _print_front(run_dir, storage, study_name)
 
 
 @cli.command()
@@ -227,12 +314,15 @@ def front(run_dir: Path, as_json: bool) -> None:
               help="File to write; the model card goes beside it with a .json suffix.")
 @click.option("--onnx", is_flag=True,
               help="Also write PATH.onnx (dequantized float32 weights), checked with onnxruntime.")
-def export(run_dir: Path, trial: int, out: Path, onnx: bool) -> None:
+@_storage_opt
+@_study_opt
+def export(run_dir: Path, trial: int, out: Path, onnx: bool, storage: str | None,
+           study_name: str) -> None:
     """Export one trial's compressed model and its model card."""
     from slimtune.export.card import card_path
     from slimtune.export.card import export as run_export
 
-    card = run_export(run_dir, trial, out, onnx=onnx)
+    card = run_export(run_dir, trial, out, onnx=onnx, storage=storage, study_name=study_name)
     r = card["ratios"]
     err.print(
         f"wrote {out} ({card['size_bytes']:,} bytes, {r['size_x_smaller']:.1f}x smaller than "

@@ -53,7 +53,8 @@ def evaluate(
 
 
 def export(
-    run_dir: str | Path, trial: int, out: str | Path, *, onnx: bool = False
+    run_dir: str | Path, trial: int, out: str | Path, *, onnx: bool = False,
+    storage: str | None = None, study_name: str = "slimtune",
 ) -> dict[str, Any]:
     """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it.
 
@@ -63,15 +64,21 @@ def export(
     """
     from slimtune.search.study import open_run
 
-    run = open_run(run_dir)
+    run = open_run(run_dir, storage=storage, study_name=study_name)
     frozen = {t.number: t for t in run.study.trials}
     if trial not in frozen:
         raise RunDirError(f"trial {trial} is not in {run.dir} (it has {len(frozen)} trials)")
     t = frozen[trial]
     src = run.artifact_path(trial)
-    if t.state.name != "COMPLETE" or not src.is_file():
+    if t.state.name != "COMPLETE" or t.user_attrs.get("status") == "over_budget":
         raise RunDirError(
             f"trial {trial} of {run.dir} did not complete; pick one from `slimtune front`"
+        )
+    if not src.is_file():
+        raise RunDirError(
+            f"{src} is missing: trial {trial} ran on {t.user_attrs.get('host', 'another machine')}"
+            "; copy that machine's run directory `trials` folder here (or share the run "
+            "directory between machines)"
         )
     raw = src.read_bytes()
     model, header = decode(raw)

@@ -8,7 +8,38 @@ from typing import Any
 
 from slimtune.errors import ConfigError
 
-__all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES"]
+__all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES", "RESUME_OVERRIDES",
+           "parse_quantity"]
+
+#: settings that may change when a run is resumed (how it runs, not what it searches)
+RESUME_OVERRIDES = ("trials", "address", "cpus_per_trial", "gpus_per_trial", "max_failures",
+                    "storage", "study_name")
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+def parse_quantity(text: str | int | float, what: str, suffix: str = "") -> int:
+    """``50kB`` -> 50000, ``1.5MB`` -> 1500000, ``2KiB`` -> 2048, ``1.2G`` -> 1200000000.
+
+    ``suffix`` (``B`` for sizes) may follow the unit. ConfigError names ``what`` otherwise.
+    """
+    import re
+
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        pattern = r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]i?)?\s*" + suffix + r"?\s*"
+        m = re.fullmatch(pattern, str(text), flags=re.IGNORECASE)
+        if not m:
+            unit = f"{suffix}" if suffix else ""
+            raise ConfigError(f"`{what}` must be a number with an optional unit k, M, G (or "
+                              f"Ki, Mi, Gi){' and ' + unit if unit else ''}, like "
+                              f"{'50kB or 1.5MB' if suffix else '2M or 1.2G'}, but got {text!r}")
+        value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if value < 1:
+        raise ConfigError(f"`{what}` must be at least 1, but got {text!r}")
+    return int(round(value))
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
 #: objective name -> (trial metric it optimizes, direction)
@@ -43,6 +74,12 @@ class SearchConfig:
     pruning: str = "both"  # which per-layer pruning knobs the space has
     objectives: tuple[str, ...] = ("accuracy", "size", "flops")
     max_failures: int | None = None  # end the search once this many trials failed
+    max_size: int | None = None  # bytes: plans above are recorded infeasible, not trained
+    max_flops: int | None = None  # effective MACs: likewise
+    min_accuracy: float | None = None  # trials below are recorded infeasible
+    early_stop: bool = True  # Pareto-aware early stopping of dominated trials
+    storage: str | None = None  # SQLAlchemy URL of a shared study (default: SQLite in run dir)
+    study_name: str = "slimtune"
 
     def __post_init__(self) -> None:
         checks = [
@@ -65,6 +102,13 @@ class SearchConfig:
              f"`--max-failures` must be at least 1, but got {self.max_failures}"),
             (self.subset is None or self.subset >= 1,
              f"`--subset` must be at least 1, but got {self.subset}"),
+            (self.max_size is None or self.max_size >= 1,
+             f"`--max-size` must be at least 1 byte, but got {self.max_size}"),
+            (self.max_flops is None or self.max_flops >= 1,
+             f"`--max-flops` must be at least 1, but got {self.max_flops}"),
+            (self.min_accuracy is None or 0.0 <= self.min_accuracy <= 1.0,
+             f"`--min-accuracy` must be between 0 and 1, but got {self.min_accuracy}"),
+            (bool(self.study_name), "`--study-name` must not be empty"),
         ]
         objectives = tuple(self.objectives)
         object.__setattr__(self, "objectives", objectives)
@@ -104,8 +148,22 @@ class SearchConfig:
     def directions(self) -> list[str]:
         return [OBJECTIVES[o][1] for o in self.objectives]
 
+    @property
+    def constraints(self) -> dict[str, float]:
+        """The budgets given, by constraint name (what ``trial.constraints`` holds)."""
+        out: dict[str, float] = {}
+        if self.max_size is not None:
+            out["size"] = self.max_size
+        if self.max_flops is not None:
+            out["flops"] = self.max_flops
+        if self.min_accuracy is not None:
+            out["accuracy"] = self.min_accuracy
+        return out
+
     def to_dict(self) -> dict[str, Any]:
+        """The settings a resumed search reuses (the storage URL is never stored)."""
         d = asdict(self)
+        d.pop("storage")
         d["objectives"] = list(self.objectives)
         for k in ("data_dir", "checkpoint"):
             d[k] = str(d[k]) if d[k] is not None else None

@@ -8,6 +8,8 @@ the only writer of the study, so SQLite in the run directory is safe.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,19 +22,27 @@ from optuna.trial import TrialState
 
 from slimtune import __version__
 from slimtune.data.datasets import load_dataset
-from slimtune.errors import ConfigError, SearchAborted
+from slimtune.errors import ConfigError, RunDirError, SearchAborted
 from slimtune.export.artifact import save
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
 from slimtune.models.zoo import build_model
-from slimtune.search.config import SearchConfig
+from slimtune.search.config import RESUME_OVERRIDES, SearchConfig
 from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.ray_runner import RayCluster
-from slimtune.search.study import Run, create_study, make_sampler
+from slimtune.search.study import (
+    HEARTBEAT_INTERVAL,
+    Run,
+    create_study,
+    make_sampler,
+    open_run,
+    open_storage,
+)
 from slimtune.search.trial import TrialSpec, measure, run_trial
 from slimtune.spaces.plan import CompressionPlan
 from slimtune.spaces.space import SearchSpace
 
-__all__ = ["search", "SearchResult", "SearchEvents", "TrialRecord", "warm_start_plans"]
+__all__ = ["search", "resume", "SearchResult", "SearchEvents", "TrialRecord",
+           "warm_start_plans"]
 
 
 @dataclass
@@ -73,10 +83,7 @@ def _teacher_metrics(
     return {k: m[k] for k in (*_METRICS, "test_accuracy") if k in m}
 
 
-def _check_existing(run_dir: Path, config: SearchConfig, study: optuna.Study) -> None:
-    meta = study.user_attrs.get("slimtune")
-    if meta is None:
-        return
+def _check_settings(run_dir: Path, config: SearchConfig, meta: dict[str, Any]) -> None:
     old = meta["config"]
     for key in ("data", "model", "pruning", "subset"):
         before = old.get(key, getattr(SearchConfig, key, None))
@@ -87,12 +94,117 @@ def _check_existing(run_dir: Path, config: SearchConfig, study: optuna.Study) ->
             )
 
 
+class _RunLock:
+    """An exclusive lock on the run directory for the driver's lifetime (released by the OS
+    when the process dies, SIGKILL included): with it held, every RUNNING trial of the run
+    directory's own SQLite study belongs to a dead driver."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import fcntl
+
+        self.path = run_dir / "search.lock"
+        self._f = open(self.path, "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._f.seek(0)
+            who = self._f.read().strip() or "another process"
+            self._f.close()
+            raise RunDirError(f"a search is already running in {run_dir} ({who}); wait for it "
+                              "or choose another --run-dir") from None
+        self._f.seek(0)
+        self._f.truncate()
+        self._f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self._f.flush()
+
+    def release(self) -> None:
+        self._f.close()
+
+
+def _fail_stale(study: optuna.Study, all_running_dead: bool) -> list[int]:
+    """Mark trials left RUNNING by a dead driver failed and enqueue their plans again.
+
+    With the run directory's SQLite study every RUNNING trial is stale (we hold its lock);
+    in a shared study only those whose heartbeat stopped ``HEARTBEAT_GRACE`` seconds ago.
+    """
+    storage = study._storage
+    if all_running_dead:
+        stale = [t._trial_id for t in study.get_trials(deepcopy=False,
+                                                       states=[TrialState.RUNNING])]
+    else:
+        stale = storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
+    retried = []
+    for trial_id in stale:
+        t = storage.get_trial(trial_id)
+        storage.set_trial_user_attr(trial_id, "error", "its search process died while it ran; "
+                                    "retried on resume")
+        storage.set_trial_user_attr(trial_id, "interrupted", True)
+        try:
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another driver got there first
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        retried.append(t.number)
+    return retried
+
+
+def _counted(study: optuna.Study) -> int:
+    """Trials that count toward the budget: finished ones (complete, pruned, failed by
+    their own error) and ones running now; not those interrupted and retried."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+            n += 1
+        elif t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"):
+            n += 1
+    return n
+
+
+def resume(
+    run_dir: str | Path,
+    events: SearchEvents | None = None,
+    trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_trial,
+    **overrides: Any,
+) -> SearchResult:
+    """Continue the search in ``run_dir`` with its stored settings up to its trial budget.
+
+    ``overrides`` may change only how it runs: ``trials`` (a new budget), ``address``,
+    ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``, ``storage``.
+    """
+    bad = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if bad:
+        def opts(names: Any) -> str:
+            return ", ".join("--" + n.replace("_", "-") for n in names)
+
+        raise ConfigError(f"a resumed search keeps its settings; it cannot change "
+                          f"{opts(bad)} (only {opts(RESUME_OVERRIDES)})")
+    storage = overrides.get("storage")
+    study_name = overrides.pop("study_name", SearchConfig.study_name)
+    run = open_run(run_dir, storage=storage, study_name=study_name) \
+        if storage or (Path(run_dir) / "study.db").exists() else None
+    if run is None or "slimtune" not in run.study.user_attrs:
+        raise RunDirError(f"{run_dir} holds no slimtune search to resume; start one with "
+                          f"`slimtune search --run-dir {run_dir}`")
+    stored = dict(run.meta["config"])
+    stored["run_dir"] = Path(run_dir)
+    for key in ("data_dir", "checkpoint"):
+        if stored.get(key):
+            stored[key] = Path(stored[key])
+    stored["objectives"] = tuple(stored["objectives"])
+    fields = set(SearchConfig.__dataclass_fields__)
+    config = SearchConfig(**{k: v for k, v in {**stored, **overrides}.items() if k in fields})
+    return search(config, events, trial_fn, resume=True)
+
+
 def search(
     config: SearchConfig,
     events: SearchEvents | None = None,
     trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_trial,
+    *,
+    resume: bool = False,
 ) -> SearchResult:
-    """Run ``config.trials`` trials (more, if the run directory already holds some).
+    """Run a search of ``config.trials`` trials; with ``resume``, continue the one in
+    ``config.run_dir`` up to that many (see :func:`resume`).
 
     ``trial_fn`` (tests and benchmarks) replaces the trial function run in each Ray task.
     """
@@ -105,15 +217,31 @@ def search(
     build_model(config.model, data.num_classes, data.input_shape)  # fail fast on a bad name
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise ConfigError(f"--checkpoint {config.checkpoint} does not exist")
+    shared = config.storage is not None and not config.storage.startswith("sqlite:")
+    if not resume and not shared and (run_dir / "study.db").exists():
+        _refuse_existing(run_dir, open_storage(run_dir), config.study_name)
     cluster = RayCluster(config.address)
+    lock: _RunLock | None = None
     try:
         concurrency = cluster.max_concurrent(config.cpus_per_trial, config.gpus_per_trial)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "trials").mkdir(exist_ok=True)
+        lock = _RunLock(run_dir)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = create_study(run_dir, make_sampler(config.sampler, config.seed),
-                             config.metrics, config.directions)
-        _check_existing(run_dir, config, study)
+                             config.metrics, config.directions, config.storage,
+                             config.study_name)
+        meta = study.user_attrs.get("slimtune")
+        if meta is not None and not resume:
+            raise RunDirError(f"the study `{config.study_name}` in --storage already holds a "
+                              f"search; join or continue it with `slimtune search --resume "
+                              f"{run_dir} --storage URL`")
+        if meta is not None:
+            _check_settings(run_dir, config, meta)
+        retried = _fail_stale(study, all_running_dead=not shared)
+        n_before = len(study.get_trials(deepcopy=False))
+        if n_before:  # Optuna keeps no sampler state: a resumed run must not replay draws
+            study.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before)
 
         teacher, source = load_or_train_teacher(
             run_dir / "teacher.pt", config.model, data,
@@ -141,17 +269,36 @@ def search(
         if ev.teacher_ready:
             ev.teacher_ready(meta["teacher"], source)
         run = Run(dir=run_dir, study=study)
-        counts = _loop(config, run, space, teacher, concurrency, ev, trial_fn)
+        counts = _loop(config, run, space, teacher, concurrency, ev, trial_fn, shared, retried)
     finally:
+        if lock is not None:
+            lock.release()
         cluster.shutdown()
     return SearchResult(run=run, front=pareto_front(study), counts=counts,
                         seconds=time.perf_counter() - t_start)
 
 
+def _refuse_existing(run_dir: Path, storage: optuna.storages.BaseStorage, name: str) -> None:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return  # an empty database (a search that died before it began)
+    n = len(study.get_trials(deepcopy=False))
+    if "slimtune" in study.user_attrs or n:
+        raise RunDirError(f"{run_dir} already holds a search ({n} trials); continue it with "
+                          f"`slimtune search --resume {run_dir}` (add --trials N for a new "
+                          "budget), or choose another --run-dir")
+
+
+def _feasible(t: optuna.trial.FrozenTrial) -> bool:
+    return all(v <= 0 for v in t.constraints.values())
+
+
 def _loop(
     config: SearchConfig, run: Run, space: SearchSpace, teacher: torch.nn.Module,
     concurrency: int, ev: SearchEvents,
-    trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_trial,
+    trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]],
+    shared: bool, retried: list[int],
 ) -> dict[str, Any]:
     import ray
 
@@ -161,21 +308,36 @@ def _loop(
         num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0
     )
     threads = max(1, math.floor(config.cpus_per_trial))
-    counts: dict[str, Any] = {"done": 0, "failed": 0, "running": 0, "total": config.trials,
-                              "hypervolume": 0.0, "front": 0}
+    counted = _counted(study)
+    todo = max(0, config.trials - counted)
+    counts: dict[str, Any] = {
+        "done": 0, "failed": 0, "pruned": 0, "over_budget": 0, "running": 0,
+        "total": todo, "budget": config.trials, "before": counted, "retried": len(retried),
+        "hypervolume": 0.0, "front": 0, "epochs_saved": 0, "epochs_trained": 0,
+    }
     teacher_metrics = run.teacher
-    points = [FrontPoint.of(t) for t in study.get_trials(states=[TrialState.COMPLETE])]
-    counts["hypervolume"] = hypervolume(points, teacher_metrics)  # of earlier searches here
+    points = [FrontPoint.of(t) for t in study.get_trials(states=[TrialState.COMPLETE])
+              if _feasible(t)]
+    counts["hypervolume"] = hypervolume(points, teacher_metrics)  # of the trials before
     pending: dict[Any, optuna.trial.Trial] = {}
     started = 0
+    storage = study._storage
+    beat = time.monotonic()
     if ev.started:
-        ev.started(config.trials, concurrency)
+        ev.started(todo, concurrency)
     try:
-        while started < config.trials or pending:
-            while started < config.trials and len(pending) < concurrency:
+        while started < todo or pending:
+            while started < todo and len(pending) < concurrency:
+                if shared and started and _counted(study) >= config.trials:
+                    todo = started  # other drivers of the shared study used the budget
+                    break
                 trial = study.ask()
+                if shared:
+                    storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
                 plan = space.sample(trial)
                 trial.set_user_attr("plan", plan.to_dict())
+                front = tuple((p.trial, p.size_bytes, p.flops, p.accuracy)
+                              for p in _nondominated(points))
                 spec = TrialSpec(
                     model=config.model, data=config.data, plan=plan.to_dict(),
                     epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
@@ -183,18 +345,27 @@ def _loop(
                     gpu_fraction=config.gpus_per_trial,
                     latency="latency" in config.objectives,
                     data_dir=str(config.data_dir) if config.data_dir else None,
-                    subset=config.subset,
+                    subset=config.subset, max_size=config.max_size,
+                    max_flops=config.max_flops, early_stop=config.early_stop, front=front,
                 )
                 pending[task.remote(spec, teacher_ref)] = trial
                 started += 1
             counts["running"] = len(pending)
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            if not pending:
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1,
+                                timeout=HEARTBEAT_INTERVAL if shared else None)
+            if shared and time.monotonic() - beat >= HEARTBEAT_INTERVAL / 2:
+                for t in pending.values():
+                    storage.record_heartbeat(t._trial_id)  # type: ignore[attr-defined]
+                beat = time.monotonic()
             for ref in ready:
                 trial = pending.pop(ref)
-                point = _finish(run, trial, ref, counts, config.metrics, points, teacher_metrics)
+                point = _finish(run, trial, ref, counts, config, points, teacher_metrics)
                 if point is not None:
                     points.append(point)
                 counts["running"] = len(pending)
+                counts["front"] = len(_nondominated(points))
                 if ev.trial_done:
                     ev.trial_done(_record(study, trial), counts)
                 if config.max_failures and counts["failed"] >= config.max_failures:
@@ -205,11 +376,23 @@ def _loop(
                         f"{config.max_failures}); the last: {last}"
                     )
     except KeyboardInterrupt:
-        _abandon(study, pending, "interrupted by the user (SIGINT)")
+        _abandon(study, pending, "interrupted by the user (SIGINT); retried on resume")
         raise
     finally:  # once, not per trial: every storage write costs a commit
         study.set_user_attr("hypervolume", counts["hypervolume"])
     return counts
+
+
+def _nondominated(points: list[FrontPoint]) -> list[FrontPoint]:
+    """The points no other point beats on size, FLOPs and accuracy at once."""
+    out = []
+    for p in points:
+        if not any(q.size_bytes <= p.size_bytes and q.flops <= p.flops
+                   and q.accuracy >= p.accuracy
+                   and (q.size_bytes, q.flops, q.accuracy) != (p.size_bytes, p.flops, p.accuracy)
+                   for q in points):
+            out.append(p)
+    return out
 
 
 @dataclass(frozen=True)
@@ -220,11 +403,13 @@ class TrialRecord:
     state: TrialState
     user_attrs: dict[str, Any]
     values: list[float] | None
+    constraints: dict[str, float] = field(default_factory=dict)
 
 
 def _record(study: optuna.Study, trial: optuna.trial.Trial) -> TrialRecord:
     frozen = study._storage.get_trial(trial._trial_id)  # one trial, from Optuna's cache
-    return TrialRecord(frozen.number, frozen.state, frozen.user_attrs, frozen.values)
+    return TrialRecord(frozen.number, frozen.state, frozen.user_attrs, frozen.values,
+                       frozen.constraints)
 
 
 def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason: str) -> None:
@@ -234,20 +419,24 @@ def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason
     for ref, trial in pending.items():
         ray.cancel(ref, force=True)
         trial.set_user_attr("error", reason)
+        trial.set_user_attr("interrupted", True)
         study.tell(trial, state=TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     pending.clear()
 
 
 def _finish(
-    run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, Any], metrics: list[str],
-    points: list[FrontPoint], teacher: dict[str, Any],
+    run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, Any],
+    config: SearchConfig, points: list[FrontPoint], teacher: dict[str, Any],
 ) -> FrontPoint | None:
-    """Record one finished task in the study; the new front point, or None if it failed."""
+    """Record one finished task in the study; the new feasible front candidate, or None."""
     import ray
 
+    metrics = config.metrics
     try:
         out = ray.get(ref)
-        values = [float(out[m]) for m in metrics]
+        values = [float(out.get(m, 0.0) if out.get("status") == "pruned" else out[m])
+                  for m in metrics]  # a pruned trial's values are never told
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"non-finite objective values {values}")
     except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, the search goes on
@@ -256,18 +445,44 @@ def _finish(
         run.study.tell(trial, state=TrialState.FAIL)
         counts["failed"] += 1
         return None
-    if out.get("artifact"):
-        save(run.artifact_path(trial.number), out["artifact"])
-    for key in _METRICS:
+    status = out.get("status", "complete")
+    trained = int(out.get("epochs_trained", config.epochs))
+    counts["epochs_trained"] += trained
+    attrs: dict[str, Any] = {"status": status, "epochs_trained": trained,
+                             "seconds": round(float(out["seconds"]), 3)}
+    if config.storage is not None:
+        attrs["host"] = socket.gethostname()  # where its artifact is
+    for key in (*_METRICS, "curve", "dominated_by", "dominator_accuracy"):
         if key in out:
-            name = "val_accuracy" if key == "accuracy" else key
-            trial.set_user_attr(name, out[key])
-    trial.set_user_attr("seconds", round(float(out["seconds"]), 3))
+            attrs["val_accuracy" if key == "accuracy" else key] = out[key]
+    if status == "pruned":
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        run.study.tell(trial, state=TrialState.PRUNED)
+        counts["pruned"] += 1
+        counts["epochs_saved"] += config.epochs - trained
+        return None
+    feasible = True
+    limits = config.constraints
+    if limits:
+        measured = {"size": out["size_bytes"] / limits.get("size", 1) - 1.0,
+                    "flops": out["flops"] / limits.get("flops", 1) - 1.0,
+                    "accuracy": limits.get("accuracy", 0.0) - float(out["accuracy"])}
+        for name in limits:  # the sampler reads these: it steers away from violations
+            trial.set_constraint(name, measured[name])
+            feasible = feasible and measured[name] <= 0
+    if status == "over_budget":
+        counts["over_budget"] += 1
+        counts["epochs_saved"] += config.epochs
+    elif out.get("artifact"):
+        save(run.artifact_path(trial.number), out["artifact"])
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
     point = FrontPoint(trial=trial.number, accuracy=float(out["accuracy"]),
                        size_bytes=int(out["size_bytes"]), flops=int(out["flops"]), plan={})
-    hv = hypervolume([*points, point], teacher)
-    trial.set_user_attr("hypervolume", hv)  # of all complete trials up to this one
+    if feasible:
+        counts["hypervolume"] = hypervolume([*points, point], teacher)
+    trial.set_user_attr("hypervolume", counts["hypervolume"])  # of feasible trials so far
     run.study.tell(trial, values)
     counts["done"] += 1
-    counts["hypervolume"] = hv
-    return point
+    return point if feasible else None

@@ -1,14 +1,17 @@
 """The Optuna study of a run directory: creation, opening, and the metadata it holds.
 
-Everything about a run lives in the Optuna storage (``<run_dir>/study.db``), so the study
-opens with the plain Optuna API::
+Everything about a run lives in the Optuna storage (``<run_dir>/study.db`` by default, or
+the database of ``--storage URL``), so the study opens with the plain Optuna API::
 
     optuna.load_study(study_name="slimtune", storage="sqlite:///<run_dir>/study.db")
 
 Study user attributes: ``slimtune`` (config, teacher metrics, input shape, layers).
 Trial user attributes: ``plan``, ``val_accuracy``, ``size_bytes``, ``flops`` (effective
 MACs), ``dense_flops``, ``bitops``, ``latency_ms`` (when measured), ``seconds``, and
-``error`` for failed trials. Trial values: the objectives in the order of the study's
+``error`` for failed trials, ``status`` (complete / pruned / over_budget),
+``epochs_trained`` and ``curve`` (validation accuracy after each fine-tune epoch).
+Constraints (``--max-size`` etc.) are Optuna constraints (``trial.constraints``).
+Trial values: the objectives in the order of the study's
 ``metric_names`` (by default accuracy, size_bytes, flops).
 """
 
@@ -25,7 +28,7 @@ from slimtune.errors import RunDirError
 
 __all__ = [
     "STUDY_NAME", "DB_NAME", "OBJECTIVES", "DIRECTIONS", "Run", "storage_url", "create_study",
-    "open_run", "make_sampler",
+    "open_run", "make_sampler", "open_storage", "HEARTBEAT_INTERVAL", "HEARTBEAT_GRACE",
 ]
 
 STUDY_NAME = "slimtune"
@@ -34,8 +37,41 @@ OBJECTIVES = ("accuracy", "size_bytes", "flops")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 
 
+#: seconds between heartbeats of running trials in a shared (--storage) study; a RUNNING
+#: trial without one for HEARTBEAT_GRACE seconds belongs to a dead driver
+HEARTBEAT_INTERVAL = 20
+HEARTBEAT_GRACE = 60
+
+
 def storage_url(run_dir: Path) -> str:
     return f"sqlite:///{(Path(run_dir) / DB_NAME).resolve()}"
+
+
+def open_storage(run_dir: Path, url: str | None = None) -> optuna.storages.BaseStorage:
+    """SQLite in ``run_dir`` (one driver), or the shared database at ``url`` (drivers on
+    many machines; their running trials send heartbeats so a dead one's can be retried)."""
+    if url is None:
+        return _sqlite_storage(storage_url(run_dir))
+    if url.startswith("sqlite:"):
+        return _sqlite_storage(url)
+    try:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
+            engine_kwargs={"pool_pre_ping": True},
+        )
+    except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, a refused connection
+        raise RunDirError(f"cannot open --storage {_redact(url)}: "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "<the given URL>"
 
 
 def _sqlite_storage(url: str) -> optuna.storages.BaseStorage:
@@ -79,12 +115,14 @@ def create_study(
     sampler: optuna.samplers.BaseSampler,
     metrics: list[str] | None = None,
     directions: list[str] | None = None,
+    storage: str | None = None,
+    study_name: str = STUDY_NAME,
 ) -> optuna.Study:
     metrics = list(metrics or OBJECTIVES)
     directions = list(directions or DIRECTIONS)
     study = optuna.create_study(
-        study_name=STUDY_NAME,
-        storage=_sqlite_storage(storage_url(run_dir)),
+        study_name=study_name,
+        storage=open_storage(run_dir, storage),
         directions=directions,
         sampler=sampler,
         load_if_exists=True,
@@ -119,16 +157,21 @@ class Run:
         return self.dir / "trials" / f"trial-{trial_number:05d}.slim"
 
 
-def open_run(run_dir: str | Path, sampler: optuna.samplers.BaseSampler | None = None) -> Run:
+def open_run(
+    run_dir: str | Path, sampler: optuna.samplers.BaseSampler | None = None,
+    storage: str | None = None, study_name: str = STUDY_NAME,
+) -> Run:
     """Open a finished or running slimtune run; :class:`RunDirError` if it is not one."""
     d = Path(run_dir)
     if not d.is_dir():
         raise RunDirError(f"{d} is not a directory; give the --run-dir of a slimtune search")
-    if not (d / DB_NAME).is_file():
-        raise RunDirError(f"{d} is not a slimtune run (no {DB_NAME}); run `slimtune search` first")
+    if storage is None and not (d / DB_NAME).is_file():
+        raise RunDirError(f"{d} is not a slimtune run (no {DB_NAME}; if its search used "
+                          "--storage, give the same --storage URL); run `slimtune search` first")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(d), sampler=sampler)
+        study = optuna.load_study(study_name=study_name, storage=open_storage(d, storage),
+                                  sampler=sampler)
     except Exception as exc:  # noqa: BLE001 - a missing study, a foreign database
         raise RunDirError(f"{d} is not a slimtune run: {exc}") from None
     if "slimtune" not in study.user_attrs or "teacher" not in study.user_attrs["slimtune"]:

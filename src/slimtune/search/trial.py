@@ -1,4 +1,11 @@
-"""One trial: compress the teacher by a plan, distil, export, measure. Pure; no Ray here."""
+"""One trial: compress the teacher by a plan, distil, export, measure. Pure; no Ray here.
+
+Before any training the trial encodes the compressed (untrained) student: its size and
+FLOPs are already final (fine-tuning keeps masks, bits and shapes), so a plan over the
+size or FLOPs budget stops there. During the fine-tune it measures validation accuracy
+after every epoch and stops early when a finished trial that is no larger and needs no
+more FLOPs beats it by more than a margin that shrinks as epochs pass.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from slimtune.objectives.flops import count_flops
 from slimtune.objectives.latency import latency_ms
 from slimtune.spaces.plan import CompressionPlan
 
-__all__ = ["TrialSpec", "run_trial", "measure"]
+__all__ = ["TrialSpec", "run_trial", "measure", "cost", "early_stop_margin", "dominator"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,49 @@ class TrialSpec:
     latency: bool = False  # also measure batch-1 latency of the exported model
     data_dir: str | None = None
     subset: int | None = None
+    max_size: int | None = None  # bytes; a plan above it is not trained
+    max_flops: int | None = None  # effective MACs; a plan above it is not trained
+    early_stop: bool = True
+    #: (trial number, size_bytes, flops, val accuracy) of finished feasible trials
+    front: tuple[tuple[int, int, int, float], ...] = ()
+
+
+def early_stop_margin(epoch: int, epochs: int) -> float:
+    """How far below a dominating finished trial a trial may be after ``epoch`` of
+    ``epochs`` and still go on: wide after the first epoch (accuracy still climbs fast),
+    narrow near the end. Chosen from the per-epoch curves of the default search
+    (docs/DESIGN-NOTES.md)."""
+    left = (epochs - epoch) / max(epochs, 1)
+    return 0.03 + 0.6 * left**1.5
+
+
+def dominator(
+    front: tuple[tuple[int, int, int, float], ...], size: int, flops: int, acc: float,
+    margin: float,
+) -> tuple[int, float] | None:
+    """The first finished trial no larger, needing no more FLOPs, and more than ``margin``
+    more accurate than (size, flops, acc): (its number, its accuracy), else None."""
+    for number, s, f, a in front:
+        if s <= size and f <= flops and a > acc + margin:
+            return number, a
+    return None
+
+
+class _Stop(Exception):
+    def __init__(self, epoch: int, acc: float, by: tuple[int, float]) -> None:
+        super().__init__(epoch)
+        self.epoch, self.acc, self.by = epoch, acc, by
+
+
+def cost(
+    student: torch.nn.Module, model_name: str, num_classes: int,
+    input_shape: tuple[int, ...], plan: CompressionPlan,
+) -> tuple[bytes, torch.nn.Module, Any]:
+    """The artifact of ``student``, the model decoded from it, and its FLOPs report."""
+    blob = encode(student, model_name, num_classes, input_shape, plan)
+    exported, header = decode(blob)
+    return blob, exported, count_flops(exported, input_shape,
+                                       stored_weights(exported, header.plan))
 
 
 def measure(
@@ -55,9 +105,7 @@ def measure(
     reported beside it. With ``latency_device``, also ``latency_ms`` there; with ``test``
     (reports only, never the search), also ``test_accuracy``.
     """
-    blob = encode(student, model_name, num_classes, input_shape, plan)
-    exported, header = decode(blob)
-    report = count_flops(exported, input_shape, stored_weights(exported, header.plan))
+    blob, exported, report = cost(student, model_name, num_classes, input_shape, plan)
     out: dict[str, Any] = {
         "accuracy": accuracy(exported, x_val, y_val),
         "size_bytes": len(blob),
@@ -74,6 +122,9 @@ def measure(
 
 
 def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Run one trial. The result's ``status``: ``complete``, ``pruned`` (stopped early:
+    ``accuracy`` is the last epoch's) or ``over_budget`` (not trained: ``accuracy`` is the
+    compressed model's before any fine-tune)."""
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, spec.threads))
     torch.manual_seed(spec.seed)
@@ -89,14 +140,53 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     teacher.to(device).eval()
     plan = CompressionPlan.from_dict(spec.plan)
     student = apply(teacher, plan, data.input_shape)
+
+    blob, untrained, report = cost(student, spec.model, data.num_classes, data.input_shape,
+                                   plan)
+    size = len(blob)
+    if (spec.max_size is not None and size > spec.max_size) or (
+        spec.max_flops is not None and report.effective > spec.max_flops
+    ):
+        out = {
+            "status": "over_budget", "accuracy": accuracy(untrained, data.x_val, data.y_val),
+            "size_bytes": size, "flops": report.effective, "dense_flops": report.dense,
+            "bitops": report.bitops, "epochs_trained": 0, "curve": [],
+        }
+        if spec.latency:
+            out["latency_ms"] = latency_ms(untrained, data.input_shape, device)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    curve: list[float] = []
+    x_val, y_val = train.x_val, train.y_val
+
+    def on_epoch(epoch: int, _loss: float) -> None:
+        acc = accuracy(student, x_val, y_val)
+        student.train()
+        curve.append(acc)
+        if spec.early_stop and epoch < spec.epochs:
+            by = dominator(spec.front, size, report.effective, acc,
+                           early_stop_margin(epoch, spec.epochs))
+            if by is not None:
+                raise _Stop(epoch, acc, by)
+
     cfg = DistillConfig(
         temperature=plan.temperature, alpha=plan.alpha, epochs=spec.epochs,
         lr=spec.lr, batch_size=spec.batch_size,
     )
-    distill(student, teacher, train.x_train, train.y_train, cfg,
-            augment=train.augment_batch if train.augment else None,
-            generator=torch.Generator().manual_seed(spec.seed))
+    try:
+        distill(student, teacher, train.x_train, train.y_train, cfg,
+                augment=train.augment_batch if train.augment else None,
+                generator=torch.Generator().manual_seed(spec.seed), on_epoch=on_epoch)
+    except _Stop as stop:
+        return {
+            "status": "pruned", "accuracy": stop.acc, "size_bytes": size,
+            "flops": report.effective, "dense_flops": report.dense, "bitops": report.bitops,
+            "epochs_trained": stop.epoch, "curve": curve, "dominated_by": stop.by[0],
+            "dominator_accuracy": stop.by[1], "seconds": time.perf_counter() - t0,
+        }
     out = measure(student, spec.model, data.num_classes, data.input_shape, plan,
                   data.x_val, data.y_val, latency_device=device if spec.latency else None)
-    out["seconds"] = time.perf_counter() - t0
+    out.update(status="complete", epochs_trained=spec.epochs, curve=curve,
+               seconds=time.perf_counter() - t0)
     return out
