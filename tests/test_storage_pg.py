@@ -59,3 +59,74 @@ def test_multi_objective_study_from_two_threads_in_postgres(postgres_url):
         assert t.params == {"x": pytest.approx(x)}
         assert t.user_attrs == {"thread": tag}
     assert {t.user_attrs["thread"] for t in trials} == {"a", "b"}
+
+
+def _max_overlap(intervals):
+    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
+    now = best = 0
+    for _, step in events:
+        now += step
+        best = max(best, now)
+    return best
+
+
+def test_search_with_storage_runs_four_trials_at_once_in_postgres(postgres_url, ray_session,
+                                                                   tmp_path):
+    """`--storage URL`: the study lives in PostgreSQL; 4 trials of 0.5 CPU share the session's
+    2 CPUs at once, each telling its result into the server."""
+    from slimtune.search import SearchConfig
+    from slimtune.search.engine import resume, search
+    from slimtune.search.study import DB_NAME, open_run
+
+    run_dir = tmp_path / "pg-run"
+    config = SearchConfig(trials=8, epochs=1, teacher_epochs=2, run_dir=run_dir,
+                          cpus_per_trial=0.5, storage=postgres_url, study_name="pg-search")
+    result = search(config)
+    assert not (run_dir / DB_NAME).exists()  # nothing in SQLite
+    study = optuna.load_study(study_name="pg-search", storage=postgres_url)
+    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(done) == 8
+    assert _max_overlap([t.user_attrs["ran"] for t in done]) == 4  # four ran at once
+    assert "slimtune" in study.user_attrs and study.user_attrs["hypervolume"] > 0
+    assert {p.trial for p in result.front} <= {t.number for t in done}
+    # the run opens (front, export) through the same URL; a second search is refused
+    assert open_run(run_dir, storage=postgres_url, study_name="pg-search").teacher
+    more = resume(run_dir, storage=postgres_url, study_name="pg-search", trials=10)
+    assert more.counts["total"] == 2
+    assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 10
+
+
+def test_resume_retries_trials_whose_heartbeat_stopped(postgres_url, ray_session, tmp_path,
+                                                       monkeypatch):
+    """In a shared study a RUNNING trial is another driver's until its heartbeat is older
+    than the grace period; then resume marks it failed and runs its plan again."""
+    from slimtune.search import SearchConfig
+    from slimtune.search import study as study_mod
+    from slimtune.search.engine import resume, search
+
+    run_dir = tmp_path / "pg-stale"
+    search(SearchConfig(trials=2, epochs=0, teacher_epochs=2, run_dir=run_dir,
+                        storage=postgres_url, study_name="pg-stale"))
+    storage = study_mod.open_storage(run_dir, postgres_url)
+    study = optuna.load_study(study_name="pg-stale", storage=storage)
+    dist = {"alpha": optuna.distributions.FloatDistribution(0.1, 0.9)}
+    live, dead = study.ask(dist), study.ask(dist)
+    dead_alpha = dead.params["alpha"]
+    storage.record_heartbeat(live._trial_id)
+    storage.record_heartbeat(dead._trial_id)
+    import time
+
+    time.sleep(2.5)
+    storage.record_heartbeat(live._trial_id)  # still alive
+    monkeypatch.setattr(study_mod, "HEARTBEAT_GRACE", 2)
+    # budget 10: 2 done + 1 live + the 6 warm-start plans still queued + the retried plan
+    # (retried plans run after those already queued)
+    result = resume(run_dir, storage=postgres_url, study_name="pg-stale", trials=10)
+    trials = {t.number: t for t in result.run.study.trials}
+    assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+    assert trials[dead.number].user_attrs["interrupted"] is True
+    assert trials[live.number].state == optuna.trial.TrialState.RUNNING  # not ours to fail
+    retry = [t for t in trials.values() if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retry) == 1 and retry[0].params["alpha"] == dead_alpha
+    assert result.counts["total"] == 7  # the live trial counts toward the budget
+    assert retry[0].state == optuna.trial.TrialState.COMPLETE

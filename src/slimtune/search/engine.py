@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,6 +321,7 @@ def _loop(
               if _feasible(t)]
     counts["hypervolume"] = hypervolume(points, teacher_metrics)  # of the trials before
     pending: dict[Any, optuna.trial.Trial] = {}
+    asking: optuna.trial.Trial | None = None
     started = 0
     storage = study._storage
     beat = time.monotonic()
@@ -331,7 +333,10 @@ def _loop(
                 if shared and started and _counted(study) >= config.trials:
                     todo = started  # other drivers of the shared study used the budget
                     break
-                trial = study.ask()
+                with warnings.catch_warnings():  # heartbeats are ours, not optimize()'s
+                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    trial = study.ask()
+                asking = trial  # a SIGINT from here to the submission must not leak it
                 if shared:
                     storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
                 plan = space.sample(trial)
@@ -349,6 +354,7 @@ def _loop(
                     max_flops=config.max_flops, early_stop=config.early_stop, front=front,
                 )
                 pending[task.remote(spec, teacher_ref)] = trial
+                asking = None
                 started += 1
             counts["running"] = len(pending)
             if not pending:
@@ -360,8 +366,9 @@ def _loop(
                     storage.record_heartbeat(t._trial_id)  # type: ignore[attr-defined]
                 beat = time.monotonic()
             for ref in ready:
-                trial = pending.pop(ref)
+                trial = pending[ref]  # stays pending (abandoned on SIGINT) until told
                 point = _finish(run, trial, ref, counts, config, points, teacher_metrics)
+                del pending[ref]
                 if point is not None:
                     points.append(point)
                 counts["running"] = len(pending)
@@ -376,6 +383,8 @@ def _loop(
                         f"{config.max_failures}); the last: {last}"
                     )
     except KeyboardInterrupt:
+        if asking is not None:
+            pending[None] = asking
         _abandon(study, pending, "interrupted by the user (SIGINT); retried on resume")
         raise
     finally:  # once, not per trial: every storage write costs a commit
@@ -417,10 +426,14 @@ def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason
     import ray
 
     for ref, trial in pending.items():
-        ray.cancel(ref, force=True)
-        trial.set_user_attr("error", reason)
-        trial.set_user_attr("interrupted", True)
-        study.tell(trial, state=TrialState.FAIL)
+        if ref is not None:
+            ray.cancel(ref, force=True)
+        try:
+            trial.set_user_attr("error", reason)
+            trial.set_user_attr("interrupted", True)
+            study.tell(trial, state=TrialState.FAIL)
+        except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # told just before the interrupt: it finished
         study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
     pending.clear()
 
@@ -452,7 +465,7 @@ def _finish(
                              "seconds": round(float(out["seconds"]), 3)}
     if config.storage is not None:
         attrs["host"] = socket.gethostname()  # where its artifact is
-    for key in (*_METRICS, "curve", "dominated_by", "dominator_accuracy"):
+    for key in (*_METRICS, "curve", "dominated_by", "dominator_accuracy", "ran"):
         if key in out:
             attrs["val_accuracy" if key == "accuracy" else key] = out[key]
     if status == "pruned":

@@ -9,7 +9,8 @@ Study user attributes: ``slimtune`` (config, teacher metrics, input shape, layer
 Trial user attributes: ``plan``, ``val_accuracy``, ``size_bytes``, ``flops`` (effective
 MACs), ``dense_flops``, ``bitops``, ``latency_ms`` (when measured), ``seconds``, and
 ``error`` for failed trials, ``status`` (complete / pruned / over_budget),
-``epochs_trained`` and ``curve`` (validation accuracy after each fine-tune epoch).
+``epochs_trained``, ``curve`` (validation accuracy after each fine-tune epoch) and ``ran``
+(the trial function's start and end, Unix seconds).
 Constraints (``--max-size`` etc.) are Optuna constraints (``trial.constraints``).
 Trial values: the objectives in the order of the study's
 ``metric_names`` (by default accuracy, size_bytes, flops).

@@ -126,6 +126,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     ``accuracy`` is the last epoch's) or ``over_budget`` (not trained: ``accuracy`` is the
     compressed model's before any fine-tune)."""
     t0 = time.perf_counter()
+    began = time.time()
     torch.set_num_threads(max(1, spec.threads))
     torch.manual_seed(spec.seed)
     device = torch.device("cpu")
@@ -155,6 +156,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
         if spec.latency:
             out["latency_ms"] = latency_ms(untrained, data.input_shape, device)
         out["seconds"] = time.perf_counter() - t0
+        out["ran"] = [began, time.time()]
         return out
 
     curve: list[float] = []
@@ -184,9 +186,10 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
             "flops": report.effective, "dense_flops": report.dense, "bitops": report.bitops,
             "epochs_trained": stop.epoch, "curve": curve, "dominated_by": stop.by[0],
             "dominator_accuracy": stop.by[1], "seconds": time.perf_counter() - t0,
+            "ran": [began, time.time()],
         }
     out = measure(student, spec.model, data.num_classes, data.input_shape, plan,
                   data.x_val, data.y_val, latency_device=device if spec.latency else None)
     out.update(status="complete", epochs_trained=spec.epochs, curve=curve,
-               seconds=time.perf_counter() - t0)
+               seconds=time.perf_counter() - t0, ran=[began, time.time()])
     return out
