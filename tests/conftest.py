@@ -81,7 +81,7 @@ def postgres_url():
         except ImportError:
             reason = "psycopg is not installed: pip install -c constraints.txt -e '.[test]'"
     if reason is not None:
-        if os.environ.get("CI", "").lower() == "true":
+        if os.environ.get("CI"):  # as the Fashion-MNIST test: any CI fails, never skips
             pytest.fail(f"CI must provide PostgreSQL: {reason}")
         pytest.skip(reason)
     with postgres_server() as url:

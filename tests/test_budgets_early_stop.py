@@ -44,6 +44,10 @@ def test_over_budget_plans_are_recorded_infeasible_and_never_trained(ray_session
     assert exc.value.code == 0
     err = " ".join(capsys.readouterr().err.split())  # unwrapped
     assert "over budget: not trained" in err
+    # progress (stderr is not a terminal here): a summary every 10 trials with the counts,
+    # the front, its hypervolume and the time left
+    assert "10/14 trials: running" in err and "pruned" in err and "failed" in err
+    assert "front" in err and " s left" in err
     run = open_run(run_dir)
     trials = run.study.get_trials(states=[COMPLETE])
     assert len(trials) == 14
