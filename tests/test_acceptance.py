@@ -11,7 +11,8 @@ from slimtune.search import SearchConfig, search
 def test_default_search_finds_a_10x_smaller_student_keeping_95_percent(ray_session, tmp_path):
     defaults = SearchConfig()
     result = search(SearchConfig(run_dir=tmp_path / "run"))
-    assert result.counts["done"] == defaults.trials
+    c = result.counts  # every trial finished: trained to the end, or stopped early
+    assert c["done"] + c["pruned"] == defaults.trials and c["failed"] == 0
     teacher = result.run.teacher
     front = result.front
     assert len(front) >= 3

@@ -9,7 +9,7 @@ from slimtune.errors import SearchAborted
 from slimtune.search import SAMPLERS, SearchConfig
 from slimtune.search.engine import search
 from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
-from tests.user_code import cheap_trial  # importable by Ray workers, unlike this file
+from tests.user_code import cheap_trial, nan_teacher_trial  # importable by Ray workers
 
 TEACHER = {"size_bytes": 1000, "flops": 100, "accuracy": 0.9}
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
@@ -74,6 +74,28 @@ def test_failing_trials_are_recorded_with_their_message_and_the_others_finish(te
         assert t.user_attrs["error"] == f"RuntimeError: layer cannot be handled (trial {t.number})"
     assert len(study.get_trials(states=[COMPLETE])) == 6
     assert result.counts == {**result.counts, "done": 6, "failed": 2}
+
+
+def test_a_real_trial_whose_loss_turns_nan_is_recorded_failed_and_the_others_finish(
+        teacher_run):
+    """The real trial function (compress, distil, export, measure) on digits: trial 1's
+    distillation loss is NaN (tests/user_code.py), it raises, and the search goes on."""
+    run_dir = teacher_run / "nan"
+    _copy_teacher(teacher_run, run_dir)
+    result = search(SearchConfig(trials=4, epochs=1, teacher_epochs=2, run_dir=run_dir),
+                    trial_fn=nan_teacher_trial)
+    study = result.run.study
+    states = {t.number: t.state for t in study.trials
+              if t.state != optuna.trial.TrialState.WAITING}  # warm-start plans not reached
+    assert states == {0: COMPLETE, 1: FAIL, 2: COMPLETE, 3: COMPLETE}
+    failed = study.trials[1]
+    assert failed.user_attrs["error"] == (
+        "TrialDiverged: non-finite distillation loss at epoch 1")
+    assert failed.user_attrs["plan"]  # what it tried, for the record
+    assert result.counts["failed"] == 1 and result.counts["done"] == 3
+    for t in study.get_trials(states=[COMPLETE]):  # the others really trained and exported
+        assert t.user_attrs["epochs_trained"] == 1
+        assert result.run.artifact_path(t.number).stat().st_size == t.user_attrs["size_bytes"]
 
 
 def test_max_failures_ends_the_search_and_leaves_no_trial_running(teacher_run):

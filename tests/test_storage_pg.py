@@ -73,20 +73,30 @@ def _max_overlap(intervals):
 def test_search_with_storage_runs_four_trials_at_once_in_postgres(postgres_url, ray_session,
                                                                    tmp_path):
     """`--storage URL`: the study lives in PostgreSQL; 4 trials of 0.5 CPU share the session's
-    2 CPUs at once, each telling its result into the server."""
+    2 CPUs at once, each telling its result into the server. The real trial function runs
+    behind a barrier (tests/user_code.py) that lets the first trials in only once 4 are
+    inside at the same time: the engine must submit 4 and Ray must run 4, or it times out."""
     from slimtune.search import SearchConfig
     from slimtune.search.engine import resume, search
     from slimtune.search.study import DB_NAME, open_run
+    from tests.user_code import BARRIER_NAME, Barrier, gated_trial
 
-    run_dir = tmp_path / "pg-run"
-    config = SearchConfig(trials=8, epochs=1, teacher_epochs=2, run_dir=run_dir,
-                          cpus_per_trial=0.5, storage=postgres_url, study_name="pg-search")
-    result = search(config)
+    barrier = ray_session.remote(Barrier).options(name=BARRIER_NAME, num_cpus=0).remote(4)
+    try:
+        run_dir = tmp_path / "pg-run"
+        config = SearchConfig(trials=8, epochs=1, teacher_epochs=2, run_dir=run_dir,
+                              cpus_per_trial=0.5, storage=postgres_url, study_name="pg-search")
+        result = search(config, trial_fn=gated_trial)
+        stats = ray_session.get(barrier.stats.remote())
+    finally:
+        ray_session.kill(barrier)
     assert not (run_dir / DB_NAME).exists()  # nothing in SQLite
     study = optuna.load_study(study_name="pg-search", storage=postgres_url)
     done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(done) == 8
-    assert _max_overlap([t.user_attrs["ran"] for t in done]) == 4  # four ran at once
+    assert len(done) == 8, [(t.number, t.state.name, t.user_attrs.get("error"))
+                            for t in study.trials]
+    assert stats["arrived"] == 8 and stats["peak"] == 4  # four at once, never more
+    assert _max_overlap([t.user_attrs["ran"] for t in done]) == 4
     assert "slimtune" in study.user_attrs and study.user_attrs["hypervolume"] > 0
     assert {p.trial for p in result.front} <= {t.number for t in done}
     # the run opens (front, export) through the same URL; a second search is refused

@@ -37,3 +37,65 @@ def cheap_trial(spec, teacher_state):
     return {"accuracy": 1.0 - 0.5 * s, "size_bytes": int(5000 * (1 - s) * bits) + 1,
             "flops": int(600_000 * (1 - s)) + 1, "dense_flops": 633_728, "bitops": 0,
             "artifact": b"", "seconds": 0.0}
+
+
+class Barrier:
+    """Counts trials inside the trial function (a Ray actor: see ``gated_trial``)."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties, self.arrived, self.inside, self.peak = parties, 0, 0, 0
+
+    def arrive(self) -> None:
+        self.arrived += 1
+        self.inside += 1
+        self.peak = max(self.peak, self.inside)
+
+    def leave(self) -> None:
+        self.inside -= 1
+
+    def open(self) -> bool:
+        return self.arrived >= self.parties
+
+    def stats(self) -> dict:
+        return {"arrived": self.arrived, "inside": self.inside, "peak": self.peak}
+
+
+BARRIER_NAME = "slimtune-test-barrier"
+
+
+def gated_trial(spec, teacher_state):
+    """The real trial function, entered by the first trials only once ``parties`` of them
+    are inside it at the same time (the named Ray actor ``BARRIER_NAME`` counts them), so a
+    test sees how many trials the engine and Ray really run at once, however fast or slow
+    Ray starts its worker processes. Raises after 120 s if they never all arrive."""
+    import time
+
+    import ray
+
+    from slimtune.search.trial import run_trial
+
+    barrier = ray.get_actor(BARRIER_NAME)
+    ray.get(barrier.arrive.remote())
+    try:
+        deadline = time.monotonic() + 120
+        while not ray.get(barrier.open.remote()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"trials never ran at once: {ray.get(barrier.stats.remote())}")
+            time.sleep(0.05)
+        return run_trial(spec, teacher_state)
+    finally:
+        barrier.leave.remote()
+
+
+def nan_teacher_trial(spec, teacher_state):
+    """The real trial function; in trial 1 the output layer's bias is NaN, so the logits
+    and the distillation loss are NaN and the trial raises as a diverging one would."""
+    import math
+
+    from slimtune.search.trial import run_trial
+
+    if spec.seed % 100003 == 1:
+        last_bias = [k for k in teacher_state if k.endswith("bias")][-1]
+        teacher_state = {**teacher_state,
+                         last_bias: teacher_state[last_bias].clone().fill_(math.nan)}
+    return run_trial(spec, teacher_state)

@@ -375,17 +375,17 @@ def _loop(
                 beat = time.monotonic()
             for ref in ready:
                 trial = pending[ref]  # stays pending (abandoned on SIGINT) until told
-                point = _finish(run, trial, ref, counts, config, points, teacher_metrics,
-                                plans.pop(trial.number))
+                point, record = _finish(run, trial, ref, counts, config, points,
+                                        teacher_metrics, plans.pop(trial.number))
                 del pending[ref]
                 if point is not None:
                     points[:] = _nondominated([*points, point])  # O(front), not O(trials)
                 counts["running"] = len(pending)
                 counts["front"] = len(points)
                 if ev.trial_done:
-                    ev.trial_done(_record(study, trial), counts)
+                    ev.trial_done(record, counts)
                 if config.max_failures and counts["failed"] >= config.max_failures:
-                    last = _record(study, trial).user_attrs.get("error", "?")
+                    last = record.user_attrs.get("error", "?")
                     _abandon(study, pending, "the search stopped: too many failed trials")
                     raise SearchAborted(
                         f"{counts['failed']} trials failed (--max-failures "
@@ -424,10 +424,12 @@ class TrialRecord:
     constraints: dict[str, float] = field(default_factory=dict)
 
 
-def _record(study: optuna.Study, trial: optuna.trial.Trial) -> TrialRecord:
-    frozen = study._storage.get_trial(trial._trial_id)  # one trial, from Optuna's cache
-    return TrialRecord(frozen.number, frozen.state, frozen.user_attrs, frozen.values,
-                       frozen.constraints)
+def _record(trial: optuna.trial.Trial, state: TrialState,
+            values: list[float] | None = None) -> TrialRecord:
+    """The record of a trial just told, from what the driver wrote (no storage read)."""
+    frozen = trial._cached_frozen_trial
+    return TrialRecord(trial.number, state, dict(frozen.user_attrs), values,
+                       dict(frozen.constraints))
 
 
 def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason: str) -> None:
@@ -460,14 +462,17 @@ def _rdb_backend(study: optuna.Study) -> Any:
 @contextlib.contextmanager
 def _one_commit_for_params(study: optuna.Study) -> Any:
     """Write the parameters a plan draws in one transaction at the end, not one commit per
-    ``suggest_*`` (21 for small_cnn: most of the engine's overhead per trial). Samplers
-    read only finished trials, and the trial keeps its own parameters in memory meanwhile;
-    if the process dies mid-plan the trial has fewer stored parameters, which resume
-    handles (the retry draws the rest)."""
+    ``suggest_*`` (21 for small_cnn: most of the engine's overhead per trial), and look the
+    trial up once for all of them rather than once each. Samplers read only finished
+    trials, and the trial keeps its own parameters in memory meanwhile; if the process dies
+    mid-plan the trial has fewer stored parameters, which resume handles (the retry draws
+    the rest)."""
     backend = _rdb_backend(study)
     if backend is None:
         yield
         return
+    from optuna.distributions import check_distribution_compatibility, distribution_to_json
+    from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
     queued: list[tuple[Any, ...]] = []
@@ -478,8 +483,18 @@ def _one_commit_for_params(study: optuna.Study) -> Any:
         del backend._set_trial_param
         if queued:
             with _create_scoped_session(backend.scoped_session, True) as session:
-                for args in queued:
-                    backend._set_trial_param_without_commit(session, *args)
+                trial_id = queued[0][0]
+                row = models.TrialModel.find_or_raise_by_id(trial_id, session)
+                backend.check_trial_is_updatable(trial_id, row.state)
+                for tid, name, value, dist, previous in queued:
+                    if previous is None:  # the study's first use of this name: Optuna's
+                        backend._set_trial_param_without_commit(  # own check reads the DB
+                            session, tid, name, value, dist, None)
+                        continue
+                    check_distribution_compatibility(previous, dist)
+                    session.add(models.TrialParamModel(
+                        trial_id=tid, param_name=name, param_value=value,
+                        distribution_json=distribution_to_json(dist)))
 
 
 def _set_user_attrs(study: optuna.Study, trial: optuna.trial.Trial, attrs: dict[str, Any]) -> None:
@@ -505,8 +520,9 @@ def _finish(
     run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, Any],
     config: SearchConfig, points: list[FrontPoint], teacher: dict[str, Any],
     plan: dict[str, Any],
-) -> FrontPoint | None:
-    """Record one finished task in the study; the new feasible front candidate, or None."""
+) -> tuple[FrontPoint | None, TrialRecord]:
+    """Record one finished task in the study: the new feasible front candidate (or None)
+    and the trial's record for the progress display."""
     import ray
 
     metrics = config.metrics
@@ -522,7 +538,7 @@ def _finish(
                         {"plan": plan, "error": f"{type(cause).__name__}: {cause}"[:2000]})
         run.study.tell(trial, state=TrialState.FAIL)
         counts["failed"] += 1
-        return None
+        return None, _record(trial, TrialState.FAIL)
     status = out.get("status", "complete")
     trained = int(out.get("epochs_trained", config.epochs))
     counts["epochs_trained"] += trained
@@ -538,7 +554,7 @@ def _finish(
         run.study.tell(trial, state=TrialState.PRUNED)
         counts["pruned"] += 1
         counts["epochs_saved"] += config.epochs - trained
-        return None
+        return None, _record(trial, TrialState.PRUNED)
     feasible = True
     limits = config.constraints
     if limits:
@@ -561,4 +577,4 @@ def _finish(
     _set_user_attrs(run.study, trial, attrs)
     run.study.tell(trial, values)
     counts["done"] += 1
-    return point if feasible else None
+    return (point if feasible else None), _record(trial, TrialState.COMPLETE, values)
