@@ -13,6 +13,9 @@ def test_default_search_finds_a_10x_smaller_student_keeping_95_percent(ray_sessi
     result = search(SearchConfig(run_dir=tmp_path / "run"))
     c = result.counts  # every trial finished: trained to the end, or stopped early
     assert c["done"] + c["pruned"] == defaults.trials and c["failed"] == 0
+    warm = result.run.meta["population"]  # uniform + guided plans, enqueued first
+    trials = sorted(result.run.study.trials, key=lambda t: t.number)
+    assert warm >= 10 and all(t.user_attrs["status"] == "complete" for t in trials[:warm])
     teacher = result.run.teacher
     front = result.front
     assert len(front) >= 3

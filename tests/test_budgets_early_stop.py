@@ -87,9 +87,11 @@ def test_early_stop_margin_shrinks_and_stays_positive():
 def es_pair(ray_session, tmp_path_factory):
     """The same random-sampler search with and without early stopping: the random sampler
     draws the same plan for each trial number whatever the results, and each trial's
-    fine-tune is seeded by its number, so the two runs can be compared trial by trial."""
+    fine-tune is seeded by its number, so the two runs can be compared trial by trial.
+    (No warm start: its plans always train to the end.)"""
     d = tmp_path_factory.mktemp("es")
-    common = dict(trials=18, epochs=4, teacher_epochs=3, sampler="random", seed=5)
+    common = dict(trials=18, epochs=4, teacher_epochs=3, sampler="random", seed=5,
+                  warm_start=False)
     without = search(SearchConfig(run_dir=d / "without", early_stop=False, **common))
     with_es = search(SearchConfig(run_dir=d / "with", early_stop=True, **common))
     return without, with_es

@@ -9,7 +9,11 @@ from slimtune.errors import SearchAborted
 from slimtune.search import SAMPLERS, SearchConfig
 from slimtune.search.engine import search
 from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
-from tests.user_code import cheap_trial, nan_teacher_trial  # importable by Ray workers
+from tests.user_code import (  # importable by Ray workers, unlike this file
+    cheap_trial,
+    nan_teacher_trial,
+    smooth_trial,
+)
 
 TEACHER = {"size_bytes": 1000, "flops": 100, "accuracy": 0.9}
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
@@ -108,3 +112,72 @@ def test_max_failures_ends_the_search_and_leaves_no_trial_running(teacher_run):
                               storage=f"sqlite:///{run_dir / 'study.db'}")
     assert not study.get_trials(states=[RUNNING])
     assert len(study.trials) < 20
+
+
+GENERATION = "NSGAIISampler:generation"  # Optuna's system attribute (BaseGASampler)
+
+
+def test_the_warm_start_is_uniform_then_guided_plans_and_the_first_generation(teacher_run):
+    """Uniform plans light to heavy, then the sensitivity-guided plans, enqueued in that
+    order; together they are NSGA-II's first generation, and every trial after them is bred
+    from it (generation >= 1), none drawn at random."""
+    from slimtune.models.zoo import build_model
+    from slimtune.search.engine import _distinct
+    from slimtune.search.guided import Sensitivity, guided_plans
+    from slimtune.spaces import SearchSpace
+
+    run_dir = teacher_run / "warm"
+    _copy_teacher(teacher_run, run_dir)
+    result = search(SearchConfig(trials=24, teacher_epochs=2, run_dir=run_dir, seed=1),
+                    trial_fn=smooth_trial)
+    meta = result.run.meta
+    space = SearchSpace.from_model(build_model("small_cnn", 10, (1, 8, 8)), (1, 8, 8))
+    sens = Sensitivity.from_dict(meta["sensitivity"])
+    assert set(sens.accuracy) == set(space.layers) and 0.5 < sens.base_accuracy <= 1.0
+    uniform = space.uniform_plans()
+    expected = _distinct(space, uniform + guided_plans(sens, space))
+    assert len(expected) > len(uniform)  # some guided plans differ from every uniform one
+    assert meta["population"] == len(expected)
+    trials = sorted(result.run.study.trials, key=lambda t: t.number)
+    assert len(trials) == 24 and all(t.state == COMPLETE for t in trials)
+    for t, plan in zip(trials, expected, strict=False):
+        want = space.params_of(plan)
+        assert t.params == pytest.approx(want), t.number
+    first = [t.system_attrs[GENERATION] for t in trials[:len(expected)]]
+    later = [t.system_attrs[GENERATION] for t in trials[len(expected):]]
+    assert first == [0] * len(expected) and later and min(later) >= 1
+
+
+@pytest.mark.parametrize("flags, uniform, guided", [
+    (dict(guided=False), True, False), (dict(warm_start=False), False, False)])
+def test_no_guided_and_no_warm_start(teacher_run, flags, uniform, guided):
+    from slimtune.models.zoo import build_model
+    from slimtune.spaces import SearchSpace
+
+    run_dir = teacher_run / ("-".join(flags) or "plain")
+    _copy_teacher(teacher_run, run_dir)
+    result = search(SearchConfig(trials=3, teacher_epochs=2, run_dir=run_dir, **flags),
+                    trial_fn=smooth_trial)
+    meta = result.run.meta
+    assert ("sensitivity" in meta) == guided
+    space = SearchSpace.from_model(build_model("small_cnn", 10, (1, 8, 8)), (1, 8, 8))
+    n = len(space.uniform_levels()) if uniform else 0
+    assert meta["population"] == (n or None)
+    enqueued = [t for t in result.run.study.trials if "fixed_params" in t.system_attrs]
+    assert len(enqueued) == n
+    if uniform:
+        first = sorted(result.run.study.trials, key=lambda t: t.number)[0]
+        assert first.params == pytest.approx(space.params_of(space.uniform_plans()[0]))
+
+
+@pytest.mark.parametrize("cpus, threads", [(2.0, 2), (1.0, 1), (0.5, 1)])
+def test_each_trial_pins_its_torch_threads_to_its_cpu_share(teacher_run, cpus, threads):
+    """The real trial function records the torch threads and device it ran with."""
+    run_dir = teacher_run / f"threads-{cpus}"
+    _copy_teacher(teacher_run, run_dir)
+    result = search(SearchConfig(trials=2, epochs=0, teacher_epochs=2, run_dir=run_dir,
+                                 cpus_per_trial=cpus, warm_start=False))
+    done = result.run.study.get_trials(states=[COMPLETE])
+    assert len(done) == 2
+    assert [(t.user_attrs["threads"], t.user_attrs["device"]) for t in done] == [
+        (threads, "cpu")] * 2

@@ -116,7 +116,7 @@ def test_resume_retries_trials_whose_heartbeat_stopped(postgres_url, ray_session
 
     run_dir = tmp_path / "pg-stale"
     search(SearchConfig(trials=2, epochs=0, teacher_epochs=2, run_dir=run_dir,
-                        storage=postgres_url, study_name="pg-stale"))
+                        storage=postgres_url, study_name="pg-stale", warm_start=False))
     storage = study_mod.open_storage(run_dir, postgres_url)
     study = optuna.load_study(study_name="pg-stale", storage=storage)
     dist = {"alpha": optuna.distributions.FloatDistribution(0.1, 0.9)}
@@ -129,8 +129,8 @@ def test_resume_retries_trials_whose_heartbeat_stopped(postgres_url, ray_session
     time.sleep(2.5)
     storage.record_heartbeat(live._trial_id)  # still alive
     monkeypatch.setattr(study_mod, "HEARTBEAT_GRACE", 2)
-    # budget 10: 2 done + 1 live + the 6 warm-start plans still queued + the retried plan
-    # (retried plans run after those already queued)
+    # budget 10: 2 done + 1 live (another driver's: it counts) + 7 to run, the retried plan
+    # first (no warm start here; in a shared study retries join the end of the queue)
     result = resume(run_dir, storage=postgres_url, study_name="pg-stale", trials=10)
     trials = {t.number: t for t in result.run.study.trials}
     assert trials[dead.number].state == optuna.trial.TrialState.FAIL

@@ -99,3 +99,15 @@ def nan_teacher_trial(spec, teacher_state):
         teacher_state = {**teacher_state,
                          last_bias: teacher_state[last_bias].clone().fill_(math.nan)}
     return run_trial(spec, teacher_state)
+
+
+def smooth_trial(spec, teacher_state):
+    """Plan-dependent numbers at once, never failing (``cheap_trial`` without its errors)."""
+    layers = list(spec.plan["layers"].values())
+    s = sum(lp["sparsity"] for lp in layers) / len(layers)
+    keep = sum(lp["keep_ratio"] for lp in layers) / len(layers)
+    bits = sum(lp["bits"] for lp in layers) / len(layers)
+    return {"accuracy": 1.0 - 0.3 * s - 0.2 * (1 - keep),
+            "size_bytes": int(5000 * (1 - s) * bits * keep) + 1,
+            "flops": int(600_000 * (1 - s) * keep) + 1, "dense_flops": 633_728, "bitops": 0,
+            "artifact": b"", "seconds": 0.0}

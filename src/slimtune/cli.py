@@ -62,6 +62,9 @@ def cli() -> None:
               show_default=True)
 @click.option("--warm-start/--no-warm-start", default=True, show_default=True,
               help="Begin with uniform plans (every layer alike) from light to heavy.")
+@click.option("--guided/--no-guided", default=True, show_default=True,
+              help="After the uniform warm start, plans that compress each layer by its "
+                   "measured one-shot sensitivity and its share of size and FLOPs.")
 @click.option("--pruning", type=click.Choice(list(PRUNING_MODES)), default=_D.pruning,
               show_default=True,
               help="Per-layer pruning knobs: weight sparsity, channel keep ratio, or both.")
@@ -157,6 +160,15 @@ def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
             f"{_fmt_bytes(t['size_bytes'])}, {_fmt_count(t['flops'])} MACs"
         )
 
+    def sensitivity(layers: int, tasks: int) -> None:
+        live()
+        progress.console.log(f"measuring the one-shot sensitivity of {layers} layers "
+                             f"({tasks} task{'s' if tasks > 1 else ''}) ...")
+
+    def guided(seconds: float, plans: int) -> None:
+        progress.console.log(f"sensitivity measured in {seconds:.0f} s: {plans} guided plans "
+                             "queued after the uniform ones")
+
     def started(n: int, concurrency: int) -> None:
         import time
 
@@ -206,7 +218,8 @@ def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
             err.print(f"{finished}/{counts['total']} trials: {progress.tasks[-1].fields['info']}")
 
     events = SearchEvents(teacher_epoch=teacher_epoch, teacher_step=teacher_step,
-                          teacher_ready=teacher_ready, started=started, trial_done=trial_done)
+                          teacher_ready=teacher_ready, sensitivity=sensitivity, guided=guided,
+                          started=started, trial_done=trial_done)
     try:
         if resume_dir is not None:
             result = resume(resume_dir, events, **given)

@@ -65,6 +65,7 @@ class SearchConfig:
     address: str | None = None  # join this Ray cluster instead of starting a local one
     sampler: str = "nsga2"
     warm_start: bool = True
+    guided: bool = True  # after the uniform warm start, sensitivity-guided plans
     lr: float = 1e-3  # fine-tune Adam learning rate
     batch_size: int = 64
     teacher_epochs: int | None = None  # default: 40 on digits, 10 elsewhere

@@ -29,6 +29,13 @@ from slimtune.export.artifact import save
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
 from slimtune.models.zoo import build_model
 from slimtune.search.config import RESUME_OVERRIDES, SearchConfig
+from slimtune.search.guided import (
+    ProbeSpec,
+    Sensitivity,
+    guided_plans,
+    measure_sensitivity,
+    probe_task,
+)
 from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.ray_runner import RayCluster
 from slimtune.search.study import (
@@ -54,6 +61,8 @@ class SearchEvents:
     teacher_epoch: Callable[[int, int, float], None] | None = None
     teacher_step: Callable[[int, int], None] | None = None
     teacher_ready: Callable[[dict[str, Any], str], None] | None = None  # (metrics, source)
+    sensitivity: Callable[[int, int], None] | None = None  # (layers, tasks): pass begins
+    guided: Callable[[float, int], None] | None = None  # (seconds, plans): pass done
     started: Callable[[int, int], None] | None = None  # (trials to run, concurrency)
     trial_done: Callable[[TrialRecord, dict[str, Any]], None] | None = None
 
@@ -124,7 +133,8 @@ class _RunLock:
 
 
 def _fail_stale(study: optuna.Study, all_running_dead: bool) -> list[int]:
-    """Mark trials left RUNNING by a dead driver failed and enqueue their plans again.
+    """Mark trials left RUNNING by a dead driver failed and enqueue their plans again,
+    ahead of the plans already queued.
 
     With the run directory's SQLite study every RUNNING trial is stale (we hold its lock);
     in a shared study only those whose heartbeat stopped ``HEARTBEAT_GRACE`` seconds ago.
@@ -135,7 +145,7 @@ def _fail_stale(study: optuna.Study, all_running_dead: bool) -> list[int]:
                                                        states=[TrialState.RUNNING])]
     else:
         stale = storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
-    retried = []
+    retried: list[tuple[dict[str, Any], int]] = []
     for trial_id in stale:
         t = storage.get_trial(trial_id)
         storage.set_trial_user_attr(trial_id, "error", "its search process died while it ran; "
@@ -145,9 +155,35 @@ def _fail_stale(study: optuna.Study, all_running_dead: bool) -> list[int]:
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another driver got there first
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        retried.append(t.number)
-    return retried
+        retried.append((t.params, t.number))
+    _requeue_first(study, retried, reorder=all_running_dead)
+    return [n for _, n in retried]
+
+
+def _requeue_first(study: optuna.Study, plans: list[tuple[dict[str, Any], int]],
+                   reorder: bool) -> None:
+    """Enqueue ``plans`` ((parameters, number of the trial each retries)) to run before the
+    plans already waiting: they were running, so they come first, and a budget that ends
+    before the queue does still retries them.
+
+    Optuna starts waiting trials in the order of their numbers, so the new trials take the
+    queue's last places and every waiting trial's fixed parameters (and ``retry_of``) are
+    rewritten to move the retries up, which Optuna allows until a trial starts. Only with
+    ``reorder``, i.e. when this driver alone runs the study (its run-directory lock): in a
+    shared study another driver could start a trial while it is rewritten, so there the
+    retries wait at the end of the queue."""
+    waiting = study.get_trials(deepcopy=False, states=[TrialState.WAITING])
+    for params, number in plans:
+        study.enqueue_trial(params, user_attrs={"retry_of": number})
+    if not (reorder and plans and waiting):
+        return
+    storage = study._storage
+    order = [(params, number) for params, number in plans] + [
+        (w.system_attrs["fixed_params"], w.user_attrs.get("retry_of")) for w in waiting]
+    slots = study.get_trials(deepcopy=False, states=[TrialState.WAITING])  # by number
+    for slot, (params, retry_of) in zip(slots, order, strict=True):
+        storage.set_trial_system_attr(slot._trial_id, "fixed_params", params)
+        storage.set_trial_user_attr(slot._trial_id, "retry_of", retry_of)
 
 
 def _counted(study: optuna.Study) -> int:
@@ -244,8 +280,6 @@ def search(
             _check_settings(run_dir, config, meta)
         retried = _fail_stale(study, all_running_dead=not shared)
         n_before = len(study.get_trials(deepcopy=False))
-        if n_before:  # Optuna keeps no sampler state: a resumed run must not replay draws
-            study.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before)
 
         teacher, source = load_or_train_teacher(
             run_dir / "teacher.pt", config.model, data,
@@ -255,6 +289,9 @@ def search(
             device="cuda" if torch.cuda.is_available() else "cpu",
         )
         space = SearchSpace.from_model(teacher, data.input_shape, config.pruning)
+        import ray
+
+        teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
         meta = study.user_attrs.get("slimtune")
         if meta is None:
             meta = {
@@ -266,15 +303,33 @@ def search(
                 "num_classes": data.num_classes,
                 "layers": list(space.layers),
             }
-            study.set_user_attr("slimtune", meta)
+            if ev.teacher_ready:
+                ev.teacher_ready(meta["teacher"], source)
             first = warm_start_plans(space) if config.warm_start else []
+            if config.warm_start and config.guided:
+                t0 = time.perf_counter()
+                sens = _sensitivity(config, space, teacher, data, meta["teacher"], teacher_ref,
+                                    concurrency, ev)
+                meta["sensitivity"] = sens.to_dict()
+                n_uniform = len(first)
+                first = _distinct(space, first + guided_plans(sens, space))
+                if ev.guided:
+                    ev.guided(time.perf_counter() - t0, len(first) - n_uniform)
+            meta["population"] = len(first) or None  # the GA's first generation
+            study.set_user_attr("slimtune", meta)
             first += initial_plans(space) if initial_plans else []
             for plan in first:
                 study.enqueue_trial(space.params_of(plan), skip_if_exists=True)
-        if ev.teacher_ready:
+        elif ev.teacher_ready:
             ev.teacher_ready(meta["teacher"], source)
+        # the warm start is the genetic samplers' first generation; Optuna keeps no sampler
+        # state, so a resumed run reseeds (the same seed would replay the same draws)
+        population = meta.get("population", len(space.uniform_levels()) if config.warm_start
+                              else None)
+        study.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before, population)
         run = Run(dir=run_dir, study=study)
-        counts = _loop(config, run, space, teacher, concurrency, ev, trial_fn, shared, retried)
+        counts = _loop(config, run, space, teacher_ref, concurrency, ev, trial_fn, shared,
+                       retried)
     finally:
         if lock is not None:
             lock.release()
@@ -299,8 +354,45 @@ def _feasible(t: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for v in t.constraints.values())
 
 
+def _sensitivity(
+    config: SearchConfig, space: SearchSpace, teacher: torch.nn.Module, data: Any,
+    teacher_metrics: dict[str, Any], teacher_ref: Any, concurrency: int, ev: SearchEvents,
+) -> Sensitivity:
+    """The one-shot sensitivity pass (search/guided.py) as Ray tasks with the trials'
+    resources, the layers dealt round-robin to ``concurrency`` tasks."""
+    import ray
+
+    layers = list(space.layers)
+    n_tasks = max(1, min(concurrency, len(layers)))
+    if ev.sensitivity:
+        ev.sensitivity(len(layers), n_tasks)
+    task = ray.remote(probe_task).options(num_cpus=config.cpus_per_trial,
+                                          num_gpus=config.gpus_per_trial, max_retries=0)
+    specs = [ProbeSpec(model=config.model, data=config.data, layers=tuple(layers[i::n_tasks]),
+                       pruning=config.pruning,
+                       data_dir=str(config.data_dir) if config.data_dir else None,
+                       subset=config.subset, threads=max(1, math.floor(config.cpus_per_trial)),
+                       gpu_fraction=config.gpus_per_trial)
+             for i in range(n_tasks)]
+    return measure_sensitivity(teacher, space, data.input_shape,
+                               int(teacher_metrics["size_bytes"]),
+                               lambda spec: task.remote(spec, teacher_ref), specs)
+
+
+def _distinct(space: SearchSpace, plans: list[CompressionPlan]) -> list[CompressionPlan]:
+    """``plans`` without repeats (by their study parameters), in order."""
+    seen: set[str] = set()
+    out = []
+    for plan in plans:
+        key = repr(sorted(space.params_of(plan).items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(plan)
+    return out
+
+
 def _loop(
-    config: SearchConfig, run: Run, space: SearchSpace, teacher: torch.nn.Module,
+    config: SearchConfig, run: Run, space: SearchSpace, teacher_ref: Any,
     concurrency: int, ev: SearchEvents,
     trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]],
     shared: bool, retried: list[int],
@@ -308,7 +400,6 @@ def _loop(
     import ray
 
     study = run.study
-    teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
     task = ray.remote(trial_fn).options(
         num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial, max_retries=0
     )
@@ -332,6 +423,13 @@ def _loop(
     started = 0
     storage = study._storage
     beat = time.monotonic()
+    # breeding waits for the warm start: with a genetic sampler, a plan sampled while warm-
+    # start trials still run would join the first generation as a random plan
+    from optuna.samplers._ga import BaseGASampler
+
+    genetic = isinstance(study.sampler, BaseGASampler)
+    queued = len(study.get_trials(deepcopy=False, states=[TrialState.WAITING]))
+    enqueued_running: set[int] = set()
     if ev.started:
         ev.started(todo, concurrency)
     try:
@@ -340,10 +438,17 @@ def _loop(
                 if shared and started and _counted(study) >= config.trials:
                     todo = started  # other drivers of the shared study used the budget
                     break
+                if genetic and not queued and enqueued_running:
+                    break  # the warm start is still running: wait for it
                 with warnings.catch_warnings():  # heartbeats are ours, not optimize()'s
                     warnings.filterwarnings("ignore", message="Heartbeat of storage")
                     trial = study.ask()
                 asking = trial  # a SIGINT from here to the submission must not leak it
+                enqueued = "fixed_params" in trial._cached_frozen_trial.system_attrs
+                if enqueued:
+                    queued = max(0, queued - 1)
+                    enqueued_running.add(trial.number)
+                    _join_generation(study, trial)
                 if shared:
                     storage.record_heartbeat(trial._trial_id)  # type: ignore[attr-defined]
                 with _one_commit_for_params(study):
@@ -359,7 +464,10 @@ def _loop(
                     latency="latency" in config.objectives,
                     data_dir=str(config.data_dir) if config.data_dir else None,
                     subset=config.subset, max_size=config.max_size,
-                    max_flops=config.max_flops, early_stop=config.early_stop, front=front,
+                    max_flops=config.max_flops, front=front,
+                    # warm-start plans always train to the end: they are the reference the
+                    # search must beat, and a genetic sampler's first generation
+                    early_stop=config.early_stop and not enqueued,
                 )
                 pending[task.remote(spec, teacher_ref)] = trial
                 asking = None
@@ -375,6 +483,7 @@ def _loop(
                 beat = time.monotonic()
             for ref in ready:
                 trial = pending[ref]  # stays pending (abandoned on SIGINT) until told
+                enqueued_running.discard(trial.number)
                 point, record = _finish(run, trial, ref, counts, config, points,
                                         teacher_metrics, plans.pop(trial.number))
                 del pending[ref]
@@ -386,7 +495,8 @@ def _loop(
                     ev.trial_done(record, counts)
                 if config.max_failures and counts["failed"] >= config.max_failures:
                     last = record.user_attrs.get("error", "?")
-                    _abandon(study, pending, "the search stopped: too many failed trials")
+                    _abandon(study, pending, "the search stopped: too many failed trials",
+                             reorder=not shared)
                     raise SearchAborted(
                         f"{counts['failed']} trials failed (--max-failures "
                         f"{config.max_failures}); the last: {last}"
@@ -394,11 +504,31 @@ def _loop(
     except KeyboardInterrupt:
         if asking is not None:
             pending[None] = asking
-        _abandon(study, pending, "interrupted by the user (SIGINT); retried on resume")
+        _abandon(study, pending, "interrupted by the user (SIGINT); retried on resume",
+                 reorder=not shared)
         raise
     finally:  # once, not per trial: every storage write costs a commit
         study.set_user_attr("hypervolume", counts["hypervolume"])
     return counts
+
+
+def _join_generation(study: optuna.Study, trial: optuna.trial.Trial) -> None:
+    """Give an enqueued trial (the warm start, a retried plan) its generation in Optuna's
+    genetic samplers (NSGA-II/III).
+
+    They assign a trial its generation only when they sample its parameters, which an
+    enqueued trial never asks them to do; without this the warm start would belong to no
+    generation, the first generation would fill with random plans, and breeding from the
+    warm start would begin only after ``population`` more trials (OptunaHub's
+    "NSGA-II with initial trials" exists for the same reason)."""
+    from optuna.samplers._ga import BaseGASampler
+
+    sampler = study.sampler
+    frozen = trial._cached_frozen_trial
+    if not isinstance(sampler, BaseGASampler):
+        return
+    generation = sampler.get_trial_generation(study, frozen)  # computed and stored
+    frozen.system_attrs[sampler._get_generation_key()] = generation  # and known to the trial
 
 
 def _nondominated(points: list[FrontPoint]) -> list[FrontPoint]:
@@ -432,10 +562,13 @@ def _record(trial: optuna.trial.Trial, state: TrialState,
                        dict(frozen.constraints))
 
 
-def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason: str) -> None:
-    """Cancel running trials and record them as failed, so no trial is left RUNNING."""
+def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason: str,
+             reorder: bool) -> None:
+    """Cancel running trials and record them as failed, so no trial is left RUNNING; their
+    plans are enqueued again, first in the queue (see :func:`_requeue_first`)."""
     import ray
 
+    retried: list[tuple[dict[str, Any], int]] = []
     for ref, trial in pending.items():
         if ref is not None:
             ray.cancel(ref, force=True)
@@ -445,8 +578,9 @@ def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason
             study.tell(trial, state=TrialState.FAIL)
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # told just before the interrupt: it finished
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        retried.append((trial.params, trial.number))
     pending.clear()
+    _requeue_first(study, retried, reorder)
 
 
 def _rdb_backend(study: optuna.Study) -> Any:
@@ -546,7 +680,8 @@ def _finish(
                              "seconds": round(float(out["seconds"]), 3)}
     if config.storage is not None:
         attrs["host"] = socket.gethostname()  # where its artifact is
-    for key in (*_METRICS, "curve", "dominated_by", "dominator_accuracy", "ran"):
+    for key in (*_METRICS, "curve", "dominated_by", "dominator_accuracy", "ran", "threads",
+                "device"):
         if key in out:
             attrs["val_accuracy" if key == "accuracy" else key] = out[key]
     if status == "pruned":

@@ -30,6 +30,7 @@ from slimtune.errors import RunDirError
 __all__ = [
     "STUDY_NAME", "DB_NAME", "OBJECTIVES", "DIRECTIONS", "Run", "storage_url", "create_study",
     "open_run", "make_sampler", "open_storage", "HEARTBEAT_INTERVAL", "HEARTBEAT_GRACE",
+    "DEFAULT_POPULATION",
 ]
 
 STUDY_NAME = "slimtune"
@@ -94,18 +95,34 @@ def _sqlite_storage(url: str) -> optuna.storages.BaseStorage:
     return storage
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """A sampler by name, seeded (Optuna does not store sampler state: reseed on resume)."""
+#: population of the genetic samplers when no warm start sets it
+DEFAULT_POPULATION = 10
+
+
+def make_sampler(name: str, seed: int,
+                 population: int | None = None) -> optuna.samplers.BaseSampler:
+    """A sampler by name, seeded (Optuna does not store sampler state: reseed on resume).
+
+    NSGA-II/III breed from a population of ``population`` finished trials: the search sets
+    it to the number of warm-start plans, so the warm start *is* the first generation and
+    breeding begins as soon as it has finished (a larger population would fill the rest of
+    the first generation with random plans). Their mutation is polynomial: it moves a
+    parameter near its parent's value instead of drawing it anew.
+    """
+    pop = max(2, population or DEFAULT_POPULATION)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
-        if name == "nsga3":
-            return optuna.samplers.NSGAIIISampler(seed=seed, population_size=16)
+        if name in ("nsga2", "nsga3"):
+            from optuna.samplers.nsgaii import PolynomialMutation
+
+            cls = optuna.samplers.NSGAIISampler if name == "nsga2" \
+                else optuna.samplers.NSGAIIISampler
+            return cls(seed=seed, population_size=pop, mutation=PolynomialMutation())
         if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True,
+                                              n_startup_trials=pop)
         if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=pop)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
     raise RunDirError(f"unknown sampler `{name}`")

@@ -25,7 +25,8 @@ from slimtune.objectives.flops import count_flops
 from slimtune.objectives.latency import latency_ms
 from slimtune.spaces.plan import CompressionPlan
 
-__all__ = ["TrialSpec", "run_trial", "measure", "cost", "early_stop_margin", "dominator"]
+__all__ = ["TrialSpec", "run_trial", "measure", "cost", "early_stop_margin", "dominator",
+           "worker_device"]
 
 
 @dataclass(frozen=True)
@@ -121,19 +122,26 @@ def measure(
     return out
 
 
+def worker_device(threads: int, gpu_fraction: float) -> torch.device:
+    """Set up a Ray task's process for its share: ``threads`` torch threads (its CPUs), and
+    its GPU share when it has one, else the CPU."""
+    torch.set_num_threads(max(1, threads))
+    if gpu_fraction > 0 and torch.cuda.is_available():
+        # Ray does not isolate GPU memory between fractional trials: keep to our share
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
 def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Run one trial. The result's ``status``: ``complete``, ``pruned`` (stopped early:
     ``accuracy`` is the last epoch's) or ``over_budget`` (not trained: ``accuracy`` is the
     compressed model's before any fine-tune)."""
     t0 = time.perf_counter()
     began = time.time()
-    torch.set_num_threads(max(1, spec.threads))
+    device = worker_device(spec.threads, spec.gpu_fraction)
     torch.manual_seed(spec.seed)
-    device = torch.device("cpu")
-    if spec.gpu_fraction > 0 and torch.cuda.is_available():
-        device = torch.device("cuda")
-        # Ray does not isolate GPU memory between fractional trials: keep to our share
-        torch.cuda.set_per_process_memory_fraction(min(1.0, spec.gpu_fraction))
+    where = {"threads": torch.get_num_threads(), "device": str(device)}  # as it ran
     data = load_dataset(spec.data, spec.data_dir, spec.subset)
     train = data.to(device)
     teacher = build_model(spec.model, data.num_classes, data.input_shape)
@@ -157,7 +165,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
             out["latency_ms"] = latency_ms(untrained, data.input_shape, device)
         out["seconds"] = time.perf_counter() - t0
         out["ran"] = [began, time.time()]
-        return out
+        return {**out, **where}
 
     curve: list[float] = []
     x_val, y_val = train.x_val, train.y_val
@@ -186,10 +194,10 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
             "flops": report.effective, "dense_flops": report.dense, "bitops": report.bitops,
             "epochs_trained": stop.epoch, "curve": curve, "dominated_by": stop.by[0],
             "dominator_accuracy": stop.by[1], "seconds": time.perf_counter() - t0,
-            "ran": [began, time.time()],
+            "ran": [began, time.time()], **where,
         }
     out = measure(student, spec.model, data.num_classes, data.input_shape, plan,
                   data.x_val, data.y_val, latency_device=device if spec.latency else None)
     out.update(status="complete", epochs_trained=spec.epochs, curve=curve,
-               seconds=time.perf_counter() - t0, ran=[began, time.time()])
+               seconds=time.perf_counter() - t0, ran=[began, time.time()], **where)
     return out

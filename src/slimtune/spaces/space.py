@@ -123,17 +123,28 @@ class SearchSpace:
         """Replay stored study parameters into a plan (Optuna's ``FixedTrial``)."""
         return self.sample(optuna.trial.FixedTrial(dict(params)))
 
+    def uniform_levels(self) -> list[tuple[float, float, int]]:
+        """(sparsity, keep ratio, bits) of the warm start's uniform plans, light to heavy.
+
+        They follow a diagonal through the knobs the space has, so that both costs fall
+        together: from about 1/4 of the teacher's size at all its FLOPs (8 bits) down to
+        about 1/100 of its size and 1/30 of its FLOPs. The search starts from this spread and
+        breeds non-uniform plans between its points.
+        """
+        if self.unstructured and self.structured:
+            return [(0.0, 1.0, 8), (0.5, 1.0, 6), (0.5, 0.75, 4), (0.0, 0.5, 4),
+                    (0.75, 1.0, 3), (0.5, 0.5, 4), (0.9, 1.0, 2), (0.75, 0.5, 3),
+                    (0.5, 0.35, 2), (0.9, 0.5, 2)]
+        if self.unstructured:
+            return [(0.0, 1.0, 8), (0.5, 1.0, 6), (0.6, 1.0, 4), (0.75, 1.0, 4),
+                    (0.85, 1.0, 3), (0.9, 1.0, 2), (0.95, 1.0, 2)]
+        return [(0.0, 1.0, 8), (0.0, 0.75, 6), (0.0, 0.75, 4), (0.0, 0.5, 4),
+                (0.0, 0.5, 3), (0.0, 0.35, 2), (0.0, 0.25, 2)]
+
     def uniform_plans(self) -> list[CompressionPlan]:
         """Plans that compress every layer alike, from light to heavy (for warm start)."""
-        levels: list[tuple[float, float, int]] = []  # (sparsity, keep ratio, bits)
-        if self.unstructured:
-            levels += [(0.0, 1.0, 8), (0.5, 1.0, 6), (0.6, 1.0, 4), (0.75, 1.0, 4),
-                       (0.85, 1.0, 3), (0.9, 1.0, 2)]
-        if self.structured:
-            s = 0.5 if self.unstructured else 0.0
-            levels += [(0.0, 0.75, 8), (s, 0.75, 4), (0.0, 0.5, 6), (s, 0.5, 4)]
         plans = []
-        for sparsity, keep, bits in levels:
+        for sparsity, keep, bits in self.uniform_levels():
             plan = CompressionPlan.uniform(
                 list(self.layers), sparsity=sparsity, bits=bits, keep_ratio=keep,
                 temperature=4.0, alpha=0.7, keep_all=self.fixed_channels,
