@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import optuna
 import pytest
@@ -175,3 +176,19 @@ def test_search_and_export_entry_points_are_callable_whatever_was_imported_first
         "    raise SystemExit('no TypeError')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("cpus, gpus, per_cpu, per_gpu, expected", [
+    (16, 1, 1.0, 0.25, 4),   # four trials share one GPU
+    (16, 1, 1.0, 1.0, 1),    # one trial per GPU
+    (16, 2, 1.0, 0.25, 8),   # two GPUs, four each
+    (2, 1, 1.0, 0.25, 2),    # CPUs run out first
+    (4, 0, 0.5, 0.0, 8),     # CPU only: half a CPU each
+])
+def test_concurrency_is_what_both_cpus_and_gpus_allow(monkeypatch, cpus, gpus, per_cpu, per_gpu,
+                                                      expected):
+    from slimtune.search.ray_runner import RayCluster
+
+    cluster = RayCluster.__new__(RayCluster)  # no Ray start: only its resource arithmetic
+    cluster._ray = types.SimpleNamespace(cluster_resources=lambda: {"CPU": cpus, "GPU": gpus})
+    assert cluster.max_concurrent(per_cpu, per_gpu) == expected

@@ -248,6 +248,8 @@ def search(
     ``trial_fn`` (tests and benchmarks) replaces the trial function run in each Ray task.
     ``initial_plans(space)``: plans of your own to run first (after the warm start's).
     """
+    import ray
+
     ev = events or SearchEvents()
     t_start = time.perf_counter()
     run_dir = config.resolved_run_dir
@@ -289,37 +291,11 @@ def search(
             device="cuda" if torch.cuda.is_available() else "cpu",
         )
         space = SearchSpace.from_model(teacher, data.input_shape, config.pruning)
-        import ray
-
         teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
         meta = study.user_attrs.get("slimtune")
         if meta is None:
-            meta = {
-                "version": __version__,
-                "config": config.to_dict(),
-                "teacher": _teacher_metrics(teacher, config.model, data,
-                                            "latency" in config.objectives),
-                "input_shape": list(data.input_shape),
-                "num_classes": data.num_classes,
-                "layers": list(space.layers),
-            }
-            if ev.teacher_ready:
-                ev.teacher_ready(meta["teacher"], source)
-            first = warm_start_plans(space) if config.warm_start else []
-            if config.warm_start and config.guided:
-                t0 = time.perf_counter()
-                sens = _sensitivity(config, space, teacher, data, meta["teacher"], teacher_ref,
-                                    concurrency, ev)
-                meta["sensitivity"] = sens.to_dict()
-                n_uniform = len(first)
-                first = _distinct(space, first + guided_plans(sens, space))
-                if ev.guided:
-                    ev.guided(time.perf_counter() - t0, len(first) - n_uniform)
-            meta["population"] = len(first) or None  # the GA's first generation
-            study.set_user_attr("slimtune", meta)
-            first += initial_plans(space) if initial_plans else []
-            for plan in first:
-                study.enqueue_trial(space.params_of(plan), skip_if_exists=True)
+            meta = _begin_study(config, study, space, teacher, data, teacher_ref, concurrency,
+                                ev, source, initial_plans)
         elif ev.teacher_ready:
             ev.teacher_ready(meta["teacher"], source)
         # the warm start is the genetic samplers' first generation; Optuna keeps no sampler
@@ -336,6 +312,41 @@ def search(
         cluster.shutdown()
     return SearchResult(run=run, front=pareto_front(study), counts=counts,
                         seconds=time.perf_counter() - t_start)
+
+
+def _begin_study(
+    config: SearchConfig, study: optuna.Study, space: SearchSpace, teacher: torch.nn.Module,
+    data: Any, teacher_ref: Any, concurrency: int, ev: SearchEvents, source: str,
+    initial_plans: Callable[[SearchSpace], list[CompressionPlan]] | None,
+) -> dict[str, Any]:
+    """A new study: measure the teacher, run the sensitivity pass, store the run's metadata
+    and enqueue the warm start (uniform plans, then guided ones, then ``initial_plans``)."""
+    meta: dict[str, Any] = {
+        "version": __version__,
+        "config": config.to_dict(),
+        "teacher": _teacher_metrics(teacher, config.model, data, "latency" in config.objectives),
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "layers": list(space.layers),
+    }
+    if ev.teacher_ready:
+        ev.teacher_ready(meta["teacher"], source)
+    first = warm_start_plans(space) if config.warm_start else []
+    if config.warm_start and config.guided:
+        t0 = time.perf_counter()
+        sens = _sensitivity(config, space, teacher, data, meta["teacher"], teacher_ref,
+                            concurrency, ev)
+        meta["sensitivity"] = sens.to_dict()
+        n_uniform = len(first)
+        first = _distinct(space, first + guided_plans(sens, space))
+        if ev.guided:
+            ev.guided(time.perf_counter() - t0, len(first) - n_uniform)
+    meta["population"] = len(first) or None  # the genetic samplers' first generation
+    study.set_user_attr("slimtune", meta)
+    first += initial_plans(space) if initial_plans else []
+    for plan in first:
+        study.enqueue_trial(space.params_of(plan), skip_if_exists=True)
+    return meta
 
 
 def _refuse_existing(run_dir: Path, storage: optuna.storages.BaseStorage, name: str) -> None:
