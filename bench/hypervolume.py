@@ -112,6 +112,18 @@ def measure_arm(result, test, teacher) -> dict:
     }
 
 
+def git_commit() -> str:
+    """The checkout's commit, with "+changes" when files differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain",
+                                                                     "src") else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vgg_small")
@@ -144,7 +156,7 @@ def main() -> None:
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if k not in ("out", "run_root")),
         "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.processor() or ''}",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "arms": {}}
+        "date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit(), "arms": {}}
     for name in args.arms.split(","):
         extra, plans = arms[name]
         config = SearchConfig(run_dir=root / name, **common, **extra)
@@ -153,7 +165,7 @@ def main() -> None:
         teacher = result.run.teacher
         out["teacher"] = {k: teacher[k] for k in ("accuracy", "size_bytes", "flops")}
         out["teacher"]["test_accuracy_full"] = accuracy(load_teacher(result.run), *test)
-        out["arms"][name] = measure_arm(result, test, teacher)
+        out["arms"][name] = {**measure_arm(result, test, teacher), "commit": out["commit"]}
         arm = out["arms"][name]
         print(name, json.dumps({k: v for k, v in arm.items() if k != "front"}), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
