@@ -129,6 +129,8 @@ def main() -> None:
     ap.add_argument("--model", default="vgg_small")
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--subset", type=int, default=2000)
+    ap.add_argument("--val-subset", type=int, default=None,
+                    help="validation examples the search chooses on [default: subset / 4]")
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--teacher-epochs", type=int, default=8)
@@ -138,7 +140,8 @@ def main() -> None:
     ap.add_argument("--run-root", type=Path, default=None)
     args = ap.parse_args()
     root = args.run_root or Path(tempfile.mkdtemp(prefix="slimtune-hv-"))
-    common = dict(model=args.model, data=args.data, subset=args.subset, trials=args.trials,
+    common = dict(model=args.model, data=args.data, subset=args.subset,
+                  val_subset=args.val_subset, trials=args.trials,
                   epochs=args.epochs, teacher_epochs=args.teacher_epochs, seed=args.seed)
     arms = {
         "search": (dict(), None),
@@ -154,7 +157,7 @@ def main() -> None:
     test = (full.x_test, full.y_test)
     out = {"command": "bench/hypervolume.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-        if k not in ("out", "run_root")),
+        if k not in ("out", "run_root") and v is not None),
         "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.processor() or ''}",
         "date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit(), "arms": {}}
     for name in args.arms.split(","):

@@ -14,7 +14,7 @@ import torch
 
 from slimtune.data import load_dataset
 from slimtune.data.datasets import crop_flip
-from slimtune.errors import DataError, SlimtuneError, UnknownNameError
+from slimtune.errors import ConfigError, DataError, SlimtuneError, UnknownNameError
 from slimtune.models import build_model
 
 
@@ -132,6 +132,20 @@ def test_subset_is_stratified_and_smaller():
     s = load_dataset("digits", subset=200)
     assert len(s.y_train) == 200 and len(s.y_val) == 50 and len(s.y_test) == 50
     assert set(s.y_train.tolist()) == set(range(10))
+
+
+def test_val_subset_sizes_the_validation_split_alone():
+    full = load_dataset("digits")
+    s = load_dataset("digits", subset=200, val_subset=120)
+    assert (len(s.y_train), len(s.y_val), len(s.y_test)) == (200, 120, 50)
+    assert set(s.y_val.tolist()) == set(range(10))  # stratified
+    only_val = load_dataset("digits", val_subset=100)  # the other splits whole
+    assert (len(only_val.y_train), len(only_val.y_val), len(only_val.y_test)) == (
+        len(full.y_train), 100, len(full.y_test))
+    more = load_dataset("digits", subset=200, val_subset=10_000)  # capped at what there is
+    assert len(more.y_val) == len(full.y_val)
+    with pytest.raises(ConfigError, match="--val-subset"):
+        load_dataset("digits", val_subset=0)
 
 
 @pytest.mark.parametrize("name, shape", [

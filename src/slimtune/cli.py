@@ -75,6 +75,9 @@ def cli() -> None:
                    "fashion-mnist by default).")
 @click.option("--subset", type=click.IntRange(min=1), default=None,
               help="Use at most N training examples (and N/4 validation and test ones).")
+@click.option("--val-subset", type=click.IntRange(min=1), default=None,
+              help="Use at most N validation examples [default: a quarter of --subset, or "
+                   "all]: the search chooses on them, so more makes its choices less noisy.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="Trained weights (a state dict) for --model: the teacher, not trained here.")
 @click.option("--max-failures", type=click.IntRange(min=1), default=None,

@@ -320,8 +320,9 @@ DATASETS: dict[str, Callable[[Path | None], Splits]] = {
 }
 
 
-def _subset(s: Splits, n: int) -> Splits:
-    """At most ``n`` training examples and ``n // 4`` validation / test ones, stratified."""
+def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
+    """At most ``n`` training examples and ``n // 4`` test ones, and at most ``n_val``
+    validation ones (``n // 4`` when not given), stratified."""
     def pick(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if k >= len(y):
             return x, y
@@ -332,14 +333,16 @@ def _subset(s: Splits, n: int) -> Splits:
         idx = torch.from_numpy(np.sort(idx))
         return x[idx], y[idx]
 
-    xtr, ytr = pick(s.x_train, s.y_train, n)
-    xva, yva = pick(s.x_val, s.y_val, max(1, n // 4))
-    xte, yte = pick(s.x_test, s.y_test, max(1, n // 4))
+    big = len(s.y_train) + len(s.y_val) + len(s.y_test)  # "all of it"
+    xtr, ytr = pick(s.x_train, s.y_train, n or big)
+    xva, yva = pick(s.x_val, s.y_val, n_val or (max(1, n // 4) if n else big))
+    xte, yte = pick(s.x_test, s.y_test, max(1, n // 4) if n else big)
     return replace(s, x_train=xtr, y_train=ytr, x_val=xva, y_val=yva, x_test=xte, y_test=yte)
 
 
 @functools.lru_cache(maxsize=4)  # one load per process (Ray workers run many trials)
-def _cached(name: str, data_dir: str | None, subset: int | None) -> Splits:
+def _cached(name: str, data_dir: str | None, subset: int | None,
+            val_subset: int | None = None) -> Splits:
     d = Path(data_dir) if data_dir else None
     if ":" in name:
         splits = _load_user(name, d)
@@ -352,13 +355,17 @@ def _cached(name: str, data_dir: str | None, subset: int | None) -> Splits:
                 "or module:function"
             ) from None
         splits = loader(d)
-    return _subset(splits, subset) if subset else splits
+    return _subset(splits, subset, val_subset) if subset or val_subset else splits
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, subset: int | None = None
-                 ) -> Splits:
-    """Load a data set by name (or ``module:function``), optionally a stratified subset."""
+def load_dataset(name: str, data_dir: str | Path | None = None, subset: int | None = None,
+                 val_subset: int | None = None) -> Splits:
+    """Load a data set by name (or ``module:function``), optionally a stratified subset:
+    at most ``subset`` training examples and ``subset // 4`` test ones, and at most
+    ``val_subset`` validation ones (by default ``subset // 4``)."""
     if subset is not None and subset < 1:
         raise ConfigError(f"`--subset` must be at least 1, but got {subset}")
-    s = _cached(name, str(data_dir) if data_dir else None, subset)
+    if val_subset is not None and val_subset < 1:
+        raise ConfigError(f"`--val-subset` must be at least 1, but got {val_subset}")
+    s = _cached(name, str(data_dir) if data_dir else None, subset, val_subset)
     return replace(s)  # a shallow copy: callers may rebind fields, tensors are shared

@@ -41,7 +41,8 @@ def evaluate(
     same = data == card.get("dataset")
     if data_dir is None and same:
         data_dir = card.get("data_dir")
-    ds = load_dataset(data, data_dir, card.get("subset") if same else None)
+    ds = load_dataset(data, data_dir, card.get("subset") if same else None,
+                      card.get("val_subset") if same else None)
     x, y = ds.split(split)
     if tuple(x.shape[1:]) != header.input_shape:
         raise RunDirError(
@@ -84,7 +85,7 @@ def export(
     model, header = decode(raw)
     meta = run.meta
     cfg = meta["config"]
-    ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"))
+    ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"))
     test_acc = accuracy(model, ds.x_test, ds.y_test)
     val_acc = accuracy(model, ds.x_val, ds.y_val)
     report = count_flops(model, header.input_shape, stored_weights(model, header.plan))
@@ -97,6 +98,7 @@ def export(
         "dataset": cfg["data"],
         "data_dir": cfg.get("data_dir"),
         "subset": cfg.get("subset"),
+        "val_subset": cfg.get("val_subset"),
         "model": header.model,
         "trial": trial,
         "run_dir": str(run.dir),

@@ -71,6 +71,7 @@ class SearchConfig:
     teacher_epochs: int | None = None  # default: 40 on digits, 10 elsewhere
     data_dir: Path | None = None
     subset: int | None = None  # at most this many training examples (val/test: a quarter)
+    val_subset: int | None = None  # at most this many validation examples (default above)
     checkpoint: Path | None = None  # the user's trained weights for --model (no training)
     pruning: str = "both"  # which per-layer pruning knobs the space has
     objectives: tuple[str, ...] = ("accuracy", "size", "flops")
@@ -103,6 +104,8 @@ class SearchConfig:
              f"`--max-failures` must be at least 1, but got {self.max_failures}"),
             (self.subset is None or self.subset >= 1,
              f"`--subset` must be at least 1, but got {self.subset}"),
+            (self.val_subset is None or self.val_subset >= 1,
+             f"`--val-subset` must be at least 1, but got {self.val_subset}"),
             (self.max_size is None or self.max_size >= 1,
              f"`--max-size` must be at least 1 byte, but got {self.max_size}"),
             (self.max_flops is None or self.max_flops >= 1,

@@ -96,7 +96,7 @@ def _teacher_metrics(
 
 def _check_settings(run_dir: Path, config: SearchConfig, meta: dict[str, Any]) -> None:
     old = meta["config"]
-    for key in ("data", "model", "pruning", "subset"):
+    for key in ("data", "model", "pruning", "subset", "val_subset"):
         before = old.get(key, getattr(SearchConfig, key, None))
         if before != getattr(config, key):
             raise ConfigError(
@@ -255,7 +255,7 @@ def search(
     run_dir = config.resolved_run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
-    data = load_dataset(config.data, config.data_dir, config.subset)
+    data = load_dataset(config.data, config.data_dir, config.subset, config.val_subset)
     build_model(config.model, data.num_classes, data.input_shape)  # fail fast on a bad name
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise ConfigError(f"--checkpoint {config.checkpoint} does not exist")
@@ -382,7 +382,8 @@ def _sensitivity(
     specs = [ProbeSpec(model=config.model, data=config.data, layers=tuple(layers[i::n_tasks]),
                        pruning=config.pruning,
                        data_dir=str(config.data_dir) if config.data_dir else None,
-                       subset=config.subset, threads=max(1, math.floor(config.cpus_per_trial)),
+                       subset=config.subset, val_subset=config.val_subset,
+                       threads=max(1, math.floor(config.cpus_per_trial)),
                        gpu_fraction=config.gpus_per_trial)
              for i in range(n_tasks)]
     return measure_sensitivity(teacher, space, data.input_shape,
@@ -474,7 +475,8 @@ def _loop(
                     gpu_fraction=config.gpus_per_trial,
                     latency="latency" in config.objectives,
                     data_dir=str(config.data_dir) if config.data_dir else None,
-                    subset=config.subset, max_size=config.max_size,
+                    subset=config.subset, val_subset=config.val_subset,
+                    max_size=config.max_size,
                     max_flops=config.max_flops, front=front,
                     # warm-start plans always train to the end: they are the reference the
                     # search must beat, and a genetic sampler's first generation

@@ -287,6 +287,7 @@ class ProbeSpec:
     pruning: str
     data_dir: str | None = None
     subset: int | None = None
+    val_subset: int | None = None
     threads: int = 1
     gpu_fraction: float = 0.0
 
@@ -299,7 +300,7 @@ def probe_task(spec: ProbeSpec, teacher_state: dict[str, torch.Tensor]) -> dict[
     from slimtune.search.trial import worker_device
 
     device = worker_device(spec.threads, spec.gpu_fraction)
-    data = load_dataset(spec.data, spec.data_dir, spec.subset)
+    data = load_dataset(spec.data, spec.data_dir, spec.subset, spec.val_subset)
     teacher = build_model(spec.model, data.num_classes, data.input_shape)
     teacher.load_state_dict(teacher_state)
     teacher.to(device).eval()

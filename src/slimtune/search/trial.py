@@ -43,6 +43,7 @@ class TrialSpec:
     latency: bool = False  # also measure batch-1 latency of the exported model
     data_dir: str | None = None
     subset: int | None = None
+    val_subset: int | None = None
     max_size: int | None = None  # bytes; a plan above it is not trained
     max_flops: int | None = None  # effective MACs; a plan above it is not trained
     early_stop: bool = True
@@ -142,7 +143,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     device = worker_device(spec.threads, spec.gpu_fraction)
     torch.manual_seed(spec.seed)
     where = {"threads": torch.get_num_threads(), "device": str(device)}  # as it ran
-    data = load_dataset(spec.data, spec.data_dir, spec.subset)
+    data = load_dataset(spec.data, spec.data_dir, spec.subset, spec.val_subset)
     train = data.to(device)
     teacher = build_model(spec.model, data.num_classes, data.input_shape)
     teacher.load_state_dict(teacher_state)
