@@ -16,7 +16,12 @@ saw, and again with every trial's accuracy re-measured on the held-out test spli
 exported file; plus the trial epochs early stopping saved and the wall time.
 
     .venv/bin/python bench/hypervolume.py [--model vgg_small --data fashion-mnist
-        --subset 2000 --trials 24 --epochs 3] [--out bench/results/hypervolume.json]
+        --subset 2000 --val-subset 2000 --trials 24 --epochs 3 --seed 0]
+        [--arms search,no-guided,random,uniform] [--out bench/results/hypervolume.json]
+
+2000 training examples, 2000 validation ones (a search that ranks plans on 500 picks those
+that were lucky on them: its front lost 0.01-0.015 of hypervolume from validation to
+test, the uniform grid's 0.004), 3 fine-tune epochs, an 8-epoch teacher.
 """
 
 from __future__ import annotations
@@ -129,8 +134,8 @@ def main() -> None:
     ap.add_argument("--model", default="vgg_small")
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--subset", type=int, default=2000)
-    ap.add_argument("--val-subset", type=int, default=None,
-                    help="validation examples the search chooses on [default: subset / 4]")
+    ap.add_argument("--val-subset", type=int, default=2000,
+                    help="validation examples the search chooses on (0: subset / 4)")
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--teacher-epochs", type=int, default=8)
@@ -141,7 +146,7 @@ def main() -> None:
     args = ap.parse_args()
     root = args.run_root or Path(tempfile.mkdtemp(prefix="slimtune-hv-"))
     common = dict(model=args.model, data=args.data, subset=args.subset,
-                  val_subset=args.val_subset, trials=args.trials,
+                  val_subset=args.val_subset or None, trials=args.trials,
                   epochs=args.epochs, teacher_epochs=args.teacher_epochs, seed=args.seed)
     arms = {
         "search": (dict(), None),
