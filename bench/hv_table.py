@@ -4,7 +4,10 @@
 
 Per arm: the hypervolume of each seed (validation / test), the mean and standard deviation
 over seeds, and the paired difference to the search arm on the test split (same seed, same
-teacher), which is what the comparison rests on; then the epochs saved by early stopping.
+teacher), which is what the comparison rests on; the best test accuracy each arm's front
+offers within a FLOPs or size budget (the point a user shipping under that budget would
+pick, by validation accuracy); then the
+epochs saved by early stopping.
 """
 
 from __future__ import annotations
@@ -34,6 +37,24 @@ def main(paths: list[str]) -> None:
         diff = "-" if arm == "search" else ", ".join(f"{d:+.4f}" for d in diffs)
         print(f"| {arm} | " + " | ".join(cells)
               + f" | {statistics.mean(tests):.4f} ({sd:.4f}) | {diff} |")
+    print()
+    budgets = [("flops", 0.25), ("flops", 0.1), ("flops", 0.05), ("size", 0.02),
+               ("size", 0.01)]
+    print("Within a budget, the front point with the best validation accuracy (as a user "
+          "would pick it): its test accuracy, each seed ('-': no point that small):")
+    print()
+    print("| arm | " + " | ".join(f"{k} <= {b:g} x teacher" for k, b in budgets) + " |")
+    print("|---|" + "---:|" * len(budgets))
+    for arm in arms:
+        cells = []
+        for key, b in budgets:
+            per_seed = []
+            for r in runs:
+                ok = [p for p in r["arms"][arm]["front"] if p[f"{key}_ratio"] <= b]
+                pick = max(ok, key=lambda p: p["val"]) if ok else None  # as a user would
+                per_seed.append(f"{pick['test']:.3f}" if pick else "-")
+            cells.append(", ".join(per_seed))
+        print(f"| {arm} | " + " | ".join(cells) + " |")
     print()
     print("| arm | trials pruned by early stopping | trial epochs saved / trained "
           "(each seed) | search seconds (each seed) |")
