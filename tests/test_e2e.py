@@ -78,8 +78,15 @@ def test_front_json_cli_and_html(run, capsys):
         assert p["flops"] <= p["dense_flops"]  # effective (the objective) <= dense
     html = (run.run.dir / "pareto.html").read_text()
     assert "plotly" in html and "Pareto front" in html and len(html) > 100_000  # js inlined
-    code, out, _ = _cli(capsys, "front", str(run.run.dir))
+    code, out, err = _cli(capsys, "front", str(run.run.dir))
     assert code == 0 and "teacher" in out and "x smaller" in out and "FLOPs" in out
+    # it suggests the smallest point keeping 95 % of the teacher's accuracy (else the best)
+    suggested = int(" ".join(err.split()).split("export one with:")[1].split("--trial ")[1]
+                    .split()[0])
+    keep = [p for p in run.front if p.accuracy >= 0.95 * doc["teacher"]["accuracy"]]
+    want = (min(keep, key=lambda p: p.size_bytes) if keep
+            else max(run.front, key=lambda p: p.accuracy))
+    assert suggested == want.trial
 
 
 def test_export_load_and_eval_agree_with_the_model_card(run, capsys, tmp_path):

@@ -295,8 +295,14 @@ def _print_front(run_dir: Path, storage: str | None = None,
     html = write_html(info)
     err.print(f"interactive plot: {html}")
     if info.front:
-        err.print(f"export one with: slimtune export {run_dir} --trial {info.front[0].trial} "
-                  f"--out student.slim")
+        # suggest the smallest point keeping 95 % of the teacher's accuracy (else the best)
+        keep = [p for p in info.front if p.accuracy >= 0.95 * t["accuracy"]]
+        pick = (min(keep, key=lambda p: p.size_bytes) if keep
+                else max(info.front, key=lambda p: p.accuracy))
+        why = ("the smallest keeping 95 % of the teacher's accuracy" if keep
+               else "the most accurate")
+        err.print(f"export one with: slimtune export {run_dir} --trial {pick.trial} "
+                  f"--out student.slim   ({why})")
 
 
 _storage_opt = click.option("--storage", default=None, metavar="URL",
