@@ -27,11 +27,19 @@ ARGS = ["--trials", "14", "--epochs", "20", "--teacher-epochs", "3", "--no-early
         "--address", "auto", "--seed", "2"]
 
 
+def _default_sigint() -> None:
+    # a test run started in the background by a script (`cmd &`) ignores SIGINT, and its
+    # children inherit that: Python then installs no KeyboardInterrupt handler and the
+    # search would never see the SIGINT this test sends. Give the search the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(run_dir, *extra):
     return subprocess.Popen(
         [sys.executable, "-m", "slimtune.cli", "search", "--run-dir", str(run_dir), *ARGS,
          *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_sigint,
     )
 
 

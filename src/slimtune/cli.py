@@ -129,7 +129,8 @@ def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
         run_dir = config.resolved_run_dir
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err, transient=False,
+        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
+        transient=not err.is_terminal,  # in a log, no last frame of the bar at the end
     )
     state: dict[str, Any] = {}
 
@@ -180,7 +181,8 @@ def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
         epochs = (config.epochs if config else None)
         progress.console.log(
             f"running {n} trials, {concurrency} at a time"
-            + (f", {epochs} fine-tune epochs each" if epochs is not None else "")
+            + (f", {epochs} fine-tune epoch{'s' if epochs != 1 else ''} each"
+               if epochs is not None else "")
             + " (x = smaller / fewer than the teacher)"
         )
 
