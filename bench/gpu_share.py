@@ -28,18 +28,10 @@ import time
 from pathlib import Path
 
 
-def max_overlap(intervals: list[list[float]]) -> int:
-    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
-    now = best = 0
-    for _, step in events:
-        now += step
-        best = max(best, now)
-    return best
-
-
 def run(root: Path, gpus_per_trial: float, args: argparse.Namespace) -> dict:
     from slimtune.search import SearchConfig
     from slimtune.search.engine import search
+    from slimtune.search.study import most_at_once
 
     config = SearchConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, subset=args.subset,
@@ -55,7 +47,7 @@ def run(root: Path, gpus_per_trial: float, args: argparse.Namespace) -> dict:
     span = max(b for _, b in ran) - min(a for a, _ in ran)  # first start to last end
     return {
         "gpus_per_trial": gpus_per_trial, "trials": len(done),
-        "max_at_once": max_overlap(ran), "seconds_trials": round(span, 1),
+        "max_at_once": most_at_once(done), "seconds_trials": round(span, 1),
         "seconds_search": round(wall, 1),
         "trials_per_hour": round(3600 * len(done) / span, 1),
         "devices": sorted({t.user_attrs.get("device", "?") for t in done}),

@@ -61,15 +61,6 @@ def test_multi_objective_study_from_two_threads_in_postgres(postgres_url):
     assert {t.user_attrs["thread"] for t in trials} == {"a", "b"}
 
 
-def _max_overlap(intervals):
-    events = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
-    now = best = 0
-    for _, step in events:
-        now += step
-        best = max(best, now)
-    return best
-
-
 def test_search_with_storage_runs_four_trials_at_once_in_postgres(postgres_url, ray_session,
                                                                    tmp_path):
     """`--storage URL`: the study lives in PostgreSQL; 4 trials of 0.5 CPU share the session's
@@ -78,7 +69,7 @@ def test_search_with_storage_runs_four_trials_at_once_in_postgres(postgres_url, 
     inside at the same time: the engine must submit 4 and Ray must run 4, or it times out."""
     from slimtune.search import SearchConfig
     from slimtune.search.engine import resume, search
-    from slimtune.search.study import DB_NAME, open_run
+    from slimtune.search.study import DB_NAME, most_at_once, open_run
     from tests.user_code import BARRIER_NAME, Barrier, gated_trial
 
     barrier = ray_session.remote(Barrier).options(name=BARRIER_NAME, num_cpus=0).remote(4)
@@ -96,7 +87,7 @@ def test_search_with_storage_runs_four_trials_at_once_in_postgres(postgres_url, 
     assert len(done) == 8, [(t.number, t.state.name, t.user_attrs.get("error"))
                             for t in study.trials]
     assert stats["arrived"] == 8 and stats["peak"] == 4  # four at once, never more
-    assert _max_overlap([t.user_attrs["ran"] for t in done]) == 4
+    assert most_at_once(done) == 4
     assert "slimtune" in study.user_attrs and study.user_attrs["hypervolume"] > 0
     assert {p.trial for p in result.front} <= {t.number for t in done}
     # the run opens (front, export) through the same URL; a second search is refused

@@ -323,8 +323,9 @@ DATASETS: dict[str, Callable[[Path | None], Splits]] = {
 def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
     """At most ``n`` training examples and ``n // 4`` test ones, and at most ``n_val``
     validation ones (``n // 4`` when not given), stratified."""
-    def pick(x: torch.Tensor, y: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if k >= len(y):
+    def pick(x: torch.Tensor, y: torch.Tensor, k: int | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        if k is None or k >= len(y):  # None: all of it
             return x, y
         from sklearn.model_selection import train_test_split
 
@@ -333,10 +334,10 @@ def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
         idx = torch.from_numpy(np.sort(idx))
         return x[idx], y[idx]
 
-    big = len(s.y_train) + len(s.y_val) + len(s.y_test)  # "all of it"
-    xtr, ytr = pick(s.x_train, s.y_train, n or big)
-    xva, yva = pick(s.x_val, s.y_val, n_val or (max(1, n // 4) if n else big))
-    xte, yte = pick(s.x_test, s.y_test, max(1, n // 4) if n else big)
+    quarter = max(1, n // 4) if n else None
+    xtr, ytr = pick(s.x_train, s.y_train, n)
+    xva, yva = pick(s.x_val, s.y_val, n_val or quarter)
+    xte, yte = pick(s.x_test, s.y_test, quarter)
     return replace(s, x_train=xtr, y_train=ytr, x_val=xva, y_val=yva, x_test=xte, y_test=yte)
 
 

@@ -19,6 +19,7 @@ Trial values: the objectives in the order of the study's
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from slimtune.errors import RunDirError
 __all__ = [
     "STUDY_NAME", "DB_NAME", "OBJECTIVES", "DIRECTIONS", "Run", "storage_url", "create_study",
     "open_run", "make_sampler", "open_storage", "HEARTBEAT_INTERVAL", "HEARTBEAT_GRACE",
-    "DEFAULT_POPULATION",
+    "DEFAULT_POPULATION", "most_at_once",
 ]
 
 STUDY_NAME = "slimtune"
@@ -195,3 +196,15 @@ def open_run(
     if "slimtune" not in study.user_attrs or "teacher" not in study.user_attrs["slimtune"]:
         raise RunDirError(f"{d} is not a finished slimtune run (no teacher metrics in its study)")
     return Run(dir=d, study=study)
+
+
+def most_at_once(trials: Iterable[optuna.trial.FrozenTrial]) -> int:
+    """The most of ``trials`` that ran at the same time, from each one's ``ran`` attribute
+    ([start, end] in seconds since the epoch, as its Ray task measured them)."""
+    spans = [t.user_attrs["ran"] for t in trials]
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])
+    now = best = 0
+    for _, step in events:
+        now += step
+        best = max(best, now)
+    return best
