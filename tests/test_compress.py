@@ -159,3 +159,16 @@ def test_distillation_moves_the_student_towards_the_teacher():
                                                    lr=3e-3, batch_size=32))
     after = kd_loss(student(x), t_logits, y, 4.0, 1.0).item()
     assert after < 0.5 * before
+
+
+def test_a_diverging_distillation_raises_instead_of_training_on():
+    """A NaN teacher logit (here; in practice an exploding loss) stops the fine-tune with
+    TrialDiverged, which the search records as the trial's error."""
+    from slimtune.compress import TrialDiverged
+
+    x = torch.randn(32, 1, 6, 6)
+    t_logits = ConvNet()(x).detach()
+    t_logits[0, 0] = float("nan")
+    with pytest.raises(TrialDiverged, match="non-finite distillation loss at epoch 1"):
+        distill(ConvNet(), t_logits, x, t_logits.nan_to_num().argmax(1),
+                DistillConfig(epochs=2, batch_size=32))

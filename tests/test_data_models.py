@@ -89,7 +89,7 @@ def _fake_cifar(root: Path, per_batch=40, n_test=50) -> None:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
 
 
-def test_cifar10_python_batches_load_through_torchvision_with_augmentation(tmp_path):
+def test_cifar10_python_batches_load_with_augmentation(tmp_path):
     _fake_cifar(tmp_path)
     s = load_dataset("cifar10", tmp_path)
     assert s.input_shape == (3, 32, 32) and s.num_classes == 10 and s.augment == "crop_flip"
@@ -124,7 +124,7 @@ def test_crop_flip_moves_pixels_but_keeps_content():
 def test_user_dataset_by_import_path():
     s = load_dataset("tests.user_code:tiny_data")
     assert s.num_classes == 4 and s.input_shape == (1, 8, 8) and len(s.y_train) == 200
-    with pytest.raises(UnknownNameError, match="cannot load dataset"):
+    with pytest.raises(UnknownNameError, match="cannot load data set"):
         load_dataset("tests.user_code:nope")
 
 

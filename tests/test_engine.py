@@ -83,7 +83,8 @@ def test_failing_trials_are_recorded_with_their_message_and_the_others_finish(te
 def test_a_real_trial_whose_loss_turns_nan_is_recorded_failed_and_the_others_finish(
         teacher_run):
     """The real trial function (compress, distil, export, measure) on digits: trial 1's
-    distillation loss is NaN (tests/user_code.py), it raises, and the search goes on."""
+    teacher has a NaN bias (tests/user_code.py), its student cannot be exported, it raises,
+    and the search goes on."""
     run_dir = teacher_run / "nan"
     _copy_teacher(teacher_run, run_dir)
     result = search(SearchConfig(trials=4, epochs=1, teacher_epochs=2, run_dir=run_dir),
@@ -93,8 +94,10 @@ def test_a_real_trial_whose_loss_turns_nan_is_recorded_failed_and_the_others_fin
               if t.state != optuna.trial.TrialState.WAITING}  # warm-start plans not reached
     assert states == {0: COMPLETE, 1: FAIL, 2: COMPLETE, 3: COMPLETE}
     failed = study.trials[1]
+    # found before any training: a NaN weight cannot be stored (the artifact refuses it)
     assert failed.user_attrs["error"] == (
-        "TrialDiverged: non-finite distillation loss at epoch 1")
+        "ArtifactError: the artifact holds non-finite values (NaN or inf) in "
+        "`classifier.3.bias`")
     assert failed.user_attrs["plan"]  # what it tried, for the record
     assert result.counts["failed"] == 1 and result.counts["done"] == 3
     for t in study.get_trials(states=[COMPLETE]):  # the others really trained and exported

@@ -119,6 +119,31 @@ def test_sigint_marks_running_trials_and_says_how_to_resume(ray_session, tmp_pat
     assert {t.user_attrs.get("retry_of") for t in waiting} >= {t.number for t in stopped}
 
 
+def test_sigterm_is_handled_as_sigint_and_retries_keep_their_seed(ray_session, tmp_path):
+    """docker stop, SLURM, systemd and `timeout` send SIGTERM: the same clean stop as
+    Ctrl-C (no stack dump of Ray's, no trial left RUNNING), exit 128 + 15."""
+    run_dir = tmp_path / "terminated"
+    proc = _start(run_dir)
+    _wait_for_complete(proc, run_dir, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err and "***" not in err
+    assert f"slimtune search --resume {run_dir}" in " ".join(err.split())
+    trials = _study(run_dir).trials
+    assert not [t for t in trials if t.state == S.RUNNING]
+    stopped = [t for t in trials if t.state == S.FAIL]
+    assert stopped and all("SIGTERM" in t.user_attrs["error"] for t in stopped)
+
+    result = resume(run_dir, trials=len([t for t in trials if t.state == S.COMPLETE]) + 1)
+    retried = [t for t in result.run.study.trials
+               if t.state == S.COMPLETE and t.user_attrs.get("retry_of") is not None]
+    assert retried
+    for t in retried:  # trained with the seed of the trial it retries, not a new one
+        assert t.user_attrs["seed_of"] == t.user_attrs["retry_of"]
+        assert t.user_attrs["seed"] == 2 * 100003 + t.user_attrs["retry_of"]
+
+
 def test_a_run_dir_in_use_by_a_live_search_is_refused(ray_session, tmp_path):
     run_dir = tmp_path / "busy"
     run_dir.mkdir()

@@ -22,7 +22,11 @@ def _one_trial(tmp_path, **kw):
     done = result.run.study.get_trials(states=[COMPLETE])
     assert len(done) == 1, [t.user_attrs.get("error") for t in result.run.study.trials]
     t = done[0]
-    model = slimtune.load(result.run.artifact_path(t.number))
+    # a user model in the artifact loads only where its module is trusted
+    from slimtune.trust import user_module
+
+    model = slimtune.load(result.run.artifact_path(t.number),
+                          trust_module=user_module(config.model))
     assert t.user_attrs["size_bytes"] == result.run.artifact_path(t.number).stat().st_size
     return result, t, model
 

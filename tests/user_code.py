@@ -111,3 +111,22 @@ def smooth_trial(spec, teacher_state):
             "size_bytes": int(5000 * (1 - s) * bits * keep) + 1,
             "flops": int(600_000 * (1 - s) * keep) + 1, "dense_flops": 633_728, "bitops": 0,
             "artifact": b"", "seconds": 0.0}
+
+
+class _FailsInTraining(nn.Module):
+    """Runs in eval mode (the up-front check, the teacher's metrics) and raises in training
+    mode with an error message full of rich markup."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(),
+                                 nn.Linear(16, num_classes))
+
+    def forward(self, x):  # type: ignore[no-untyped-def]
+        if self.training:
+            raise ValueError("bad [/] [bold]plan[/bold]")
+        return self.net(x)
+
+
+def markup_failing_model(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    return _FailsInTraining(num_classes)

@@ -49,20 +49,26 @@ def front(run_dir: Any) -> Any:
     return front_info(run_dir).to_dict()
 
 
-def load(path: Any) -> nn.Module:
-    """The ``torch.nn.Module`` in an exported slimtune file (never unpickles anything)."""
+def load(path: Any, *, trust_module: str | list[str] | None = None,
+         model: nn.Module | None = None) -> nn.Module:
+    """The ``torch.nn.Module`` in an exported slimtune file (never unpickles anything).
+
+    Safe on a file from anyone: it runs no code the file chooses. A file naming your own
+    model (``mymodule:factory``) loads only with ``trust_module="mymodule"``, or pass the
+    uncompressed architecture yourself: ``load(path, model=MyNet())``."""
     from slimtune.export.artifact import load as _load
 
-    return _load(path)
+    return _load(path, trust_module=trust_module, model=model)
 
 
 def evaluate(
-    path: Any, data: str | None = None, split: str = "test", data_dir: Any = None
+    path: Any, data: str | None = None, split: str = "test", data_dir: Any = None, *,
+    trust_module: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of an exported file on a dataset split."""
     from slimtune.export.card import evaluate as _evaluate
 
-    return _evaluate(path, data, split, data_dir)
+    return _evaluate(path, data, split, data_dir, trust_module=trust_module)
 
 
 def train(model: str, data: str, **kwargs: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,30 @@ from slimtune.errors import SlimtuneError
 from slimtune.search.config import PRUNING_MODES, SAMPLERS
 from slimtune.search.config import SearchConfig as _D
 
-err = Console(stderr=True, highlight=False, log_path=False)
+# markup=False everywhere: messages carry file names, plans and trial errors, whose
+# `[...]` rich would otherwise interpret (text vanishes, `[/]` raises MarkupError)
+err = Console(stderr=True, highlight=False, log_path=False, markup=False)
+
+
+def _q(path: object) -> str:
+    """A path as it must be typed in a shell command."""
+    return shlex.quote(str(path))
+
+
+def _storage_args(storage: str | None, study_name: str | None) -> str:
+    """The options a suggested command needs to reach the same study (never the URL
+    itself: it may hold a password)."""
+    out = " --storage URL" if storage else ""
+    if study_name and study_name != _D.study_name:
+        out += f" --study-name {_q(study_name)}"
+    return out
+
+
+_trust_opt = click.option(
+    "--trust-module", "trust_module", multiple=True, metavar="MODULE",
+    help="Allow a model or data set that the file or study names as MODULE:function to be "
+         "imported from MODULE and run (repeatable). Without it, only built-in and "
+         "torchvision: names are used.")
 
 
 def _fmt_bytes(n: float) -> str:
@@ -104,8 +128,10 @@ def cli() -> None:
                    "mysql+pymysql://...) [default: SQLite in the run directory].")
 @click.option("--study-name", default=_D.study_name, show_default=True,
               help="Study name inside --storage (several searches can share one database).")
+@_trust_opt
 @click.pass_context
-def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
+def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str, ...],
+           **kwargs: Any) -> None:
     """Search for the best accuracy / size / FLOPs trade-offs."""
     from click.core import ParameterSource
 
@@ -128,11 +154,13 @@ def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
         config = SearchConfig(**kwargs)
         run_dir = config.resolved_run_dir
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False), console=err,
         transient=not err.is_terminal,  # in a log, no last frame of the bar at the end
     )
     state: dict[str, Any] = {}
+    again = (f"slimtune search --resume {_q(run_dir)}"
+             + _storage_args(kwargs.get("storage"), kwargs.get("study_name")))
 
     def live() -> Progress:  # started on the first event: errors before it stay one line
         if not state.get("live"):
@@ -168,6 +196,10 @@ def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
         live()
         progress.console.log(f"measuring the one-shot sensitivity of {layers} layers "
                              f"({tasks} task{'s' if tasks > 1 else ''}) ...")
+
+    def warning(text: str) -> None:
+        live()
+        progress.console.log(f"warning: {text}")
 
     def guided(seconds: float, plans: int) -> None:
         progress.console.log(f"sensitivity measured in {seconds:.0f} s: {plans} guided plans "
@@ -224,20 +256,29 @@ def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
 
     events = SearchEvents(teacher_epoch=teacher_epoch, teacher_step=teacher_step,
                           teacher_ready=teacher_ready, sensitivity=sensitivity, guided=guided,
-                          started=started, trial_done=trial_done)
+                          started=started, trial_done=trial_done, warning=warning)
+    trust = list(trust_module) or None
     try:
         if resume_dir is not None:
-            result = resume(resume_dir, events, **given)
+            result = resume(resume_dir, events, trust_module=trust, **given)
         else:
-            result = run_search(config, events)
-    except KeyboardInterrupt:
+            result = run_search(config, events, trust_module=trust)
+    except KeyboardInterrupt as exc:
+        from slimtune.search.engine import Terminated
+
         if state.get("live"):
             progress.stop()
-        err.print(f"interrupted: finished trials are saved in {run_dir}; the running ones were "
-                  f"marked failed and will be retried: continue with `slimtune search --resume "
-                  f"{run_dir}`" + (" --storage URL" if kwargs.get("storage") else "")
-                  + f", or see the front with `slimtune front {run_dir}`")
-        sys.exit(130)
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        err.print(f"{how}: finished trials are saved in {run_dir}; the running ones were "
+                  f"marked failed and will be retried: continue with `{again}`, or see the "
+                  f"front with `slimtune front {_q(run_dir)}"
+                  f"{_storage_args(kwargs.get('storage'), kwargs.get('study_name'))}`")
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
+    except SlimtuneError as exc:
+        if "t0" in state:  # the trials had begun: say how to go on
+            raise type(exc)(f"{exc}; finished trials are saved: continue with `{again}`"
+                            ) from None
+        raise
     finally:
         if state.get("live"):
             progress.stop()
@@ -249,7 +290,8 @@ def search(ctx: click.Context, resume_dir: Path | None, **kwargs: Any) -> None:
                  f"{c['epochs_saved'] + c['epochs_trained']} trial epochs saved")
     err.print(f"search finished in {result.seconds:.0f} s: {c['done']} trials done, "
               f"{c['failed']} failed{extra}; hypervolume {c['hypervolume']:.4f}")
-    _print_front(run_dir, kwargs.get("storage"), kwargs.get("study_name") or _D.study_name)
+    _print_front(run_dir, kwargs.get("storage"), kwargs.get("study_name") or _D.study_name,
+                 html_path=None)
 
 
 def _fmt_seconds(s: float) -> str:
@@ -261,10 +303,24 @@ def _fmt_seconds(s: float) -> str:
     return f"{s} s"
 
 
+def _write_plot(info: Any, html_path: Path | None) -> str:
+    """Write the interactive plot (RUN_DIR/pareto.html unless ``html_path``); a run
+    directory we may not write to (a read-only results share) is not an error."""
+    from slimtune.errors import OutputError
+    from slimtune.viz.report import write_html
+
+    try:
+        return f"interactive plot: {write_html(info, html_path)}"
+    except OutputError as exc:
+        if html_path is not None:
+            raise
+        return f"interactive plot not written ({exc}); choose a place with --html PATH"
+
+
 def _print_front(run_dir: Path, storage: str | None = None,
-                 study_name: str = _D.study_name) -> None:
+                 study_name: str = _D.study_name, html_path: Path | None = None) -> None:
     from slimtune.search.study import open_run
-    from slimtune.viz.report import front_info, write_html
+    from slimtune.viz.report import front_info
 
     info = front_info(open_run(run_dir, storage=storage, study_name=study_name))
     t = info.teacher
@@ -288,14 +344,13 @@ def _print_front(run_dir: Path, storage: str | None = None,
     row("teacher", t, "1.0", "1.00", style="bold")
     for p in info.front:
         row(str(p.trial), p.to_dict(), f"{info.x_smaller(p):.1f}", f"{info.x_fewer(p):.2f}")
-    Console(highlight=False, width=max(100, Console().width)).print(table)
+    Console(highlight=False, markup=False, width=max(100, Console().width)).print(table)
     err.print("FLOPs = effective MACs at batch 1 (pruned weights skipped; the objective), "
               "dense = every weight multiplied, BOPs = MACs x weight bits x 32 activation bits")
-    Console(highlight=False).print(
+    click.echo(
         f"hypervolume {info.hypervolume:.4f} (size and FLOPs relative to the teacher, "
         "1 - accuracy; reference point (1, 1, 1); 1 would be a free, perfect model)")
-    html = write_html(info)
-    err.print(f"interactive plot: {html}")
+    err.print(_write_plot(info, html_path))
     if info.front:
         # suggest the smallest point keeping 95 % of the teacher's accuracy (else the best)
         keep = [p for p in info.front if p.accuracy >= 0.95 * t["accuracy"]]
@@ -303,8 +358,8 @@ def _print_front(run_dir: Path, storage: str | None = None,
                 else max(info.front, key=lambda p: p.accuracy))
         why = ("the smallest keeping 95 % of the teacher's accuracy" if keep
                else "the most accurate")
-        err.print(f"export one with: slimtune export {run_dir} --trial {pick.trial} "
-                  f"--out student.slim   ({why})")
+        err.print(f"export one with: slimtune export {_q(run_dir)} --trial {pick.trial} "
+                  f"--out student.slim{_storage_args(storage, study_name)}   ({why})")
 
 
 _storage_opt = click.option("--storage", default=None, metavar="URL",
@@ -316,19 +371,24 @@ _study_opt = click.option("--study-name", default=_D.study_name, show_default=Tr
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write the interactive plot [default: RUN_DIR/pareto.html, "
+                   "skipped when the run directory is read-only].")
 @_storage_opt
 @_study_opt
-def front(run_dir: Path, as_json: bool, storage: str | None, study_name: str) -> None:
-    """Print the Pareto front of a run and write RUN_DIR/pareto.html."""
+def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | None,
+          study_name: str) -> None:
+    """Print the Pareto front of a run and write its interactive plot. The study is opened
+    read-only; nothing in the run directory changes but the plot."""
     from slimtune.search.study import open_run
-    from slimtune.viz.report import front_info, write_html
+    from slimtune.viz.report import front_info
 
     if as_json:
         info = front_info(open_run(run_dir, storage=storage, study_name=study_name))
-        write_html(info)
+        err.print(_write_plot(info, html_path))
         click.echo(json.dumps(info.to_dict(), indent=2))
     else:
-        _print_front(run_dir, storage, study_name)
+        _print_front(run_dir, storage, study_name, html_path)
 
 
 @cli.command()
@@ -340,13 +400,15 @@ def front(run_dir: Path, as_json: bool, storage: str | None, study_name: str) ->
               help="Also write PATH.onnx (dequantized float32 weights), checked with onnxruntime.")
 @_storage_opt
 @_study_opt
+@_trust_opt
 def export(run_dir: Path, trial: int, out: Path, onnx: bool, storage: str | None,
-           study_name: str) -> None:
+           study_name: str, trust_module: tuple[str, ...]) -> None:
     """Export one trial's compressed model and its model card."""
     from slimtune.export.card import card_path
     from slimtune.export.card import export as run_export
 
-    card = run_export(run_dir, trial, out, onnx=onnx, storage=storage, study_name=study_name)
+    card = run_export(run_dir, trial, out, onnx=onnx, storage=storage, study_name=study_name,
+                      trust_module=list(trust_module) or None)
     r = card["ratios"]
     err.print(
         f"wrote {out} ({card['size_bytes']:,} bytes, {r['size_x_smaller']:.1f}x smaller than "
@@ -370,12 +432,14 @@ def export(run_dir: Path, trial: int, out: Path, onnx: bool, storage: str | None
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Directory of the data files [default: the one in the model card].")
 @click.option("--json", "as_json", is_flag=True)
+@_trust_opt
 def eval_(path: Path, data: str | None, split: str, data_dir: Path | None,
-          as_json: bool) -> None:
-    """Load an exported file and print its accuracy."""
+          as_json: bool, trust_module: tuple[str, ...]) -> None:
+    """Load an exported file and print its accuracy. The file and its model card run no
+    code of their own choosing (see --trust-module)."""
     from slimtune.export.card import evaluate
 
-    res = evaluate(path, data, split, data_dir)
+    res = evaluate(path, data, split, data_dir, trust_module=list(trust_module) or None)
     if as_json:
         click.echo(json.dumps({"accuracy": res["accuracy"]}))
     else:
@@ -399,8 +463,8 @@ def train(model: str, data: str, epochs: int | None, data_dir: Path | None,
     from slimtune.models.teacher import train_command
 
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=err,
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False), console=err,
     )
     task: dict[str, Any] = {}
 
@@ -448,6 +512,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SlimtuneError as exc:
         print(f"slimtune: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # a full disk, a file in the way, no permission
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"slimtune: error: cannot read or write{where}: {exc.strerror or exc}",
+              file=sys.stderr)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -15,7 +15,8 @@ __all__ = [
     "ResourceError",
     "DataError",
     "SearchAborted",
-    "import_object",
+    "UntrustedCodeError",
+    "OutputError",
 ]
 
 
@@ -54,13 +55,10 @@ class SearchAborted(SlimtuneError):
     """The search stopped early (too many failed trials); finished trials are kept."""
 
 
-def import_object(spec: str, what: str) -> object:
-    """The object named by ``"package.module:attribute"`` (user models and data sets);
-    :class:`UnknownNameError` naming ``what`` if it cannot be imported."""
-    import importlib
+class UntrustedCodeError(SlimtuneError):
+    """A file names code (a ``module:function``) that the caller did not trust."""
 
-    module_name, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise UnknownNameError(f"cannot load {what} `{spec}`: {exc}") from None
+
+class OutputError(SlimtuneError):
+    """An output file or directory that cannot be written (a full disk, a file in the way,
+    no permission); nothing half-written is left behind."""

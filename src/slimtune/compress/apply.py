@@ -37,6 +37,7 @@ def apply_(
     Order: structured channel pruning, factorization, unstructured pruning, quantization.
     ``input_shape`` (without the batch) is needed when the plan prunes channels.
     """
+    plan_modules(model, plan)  # every layer it names is a Conv2d/Linear of the model
     chan, fact, pr, qu = configs_of(plan)
     if chan.keep_ratio:
         if input_shape is None:
@@ -60,8 +61,15 @@ def plan_modules(model: nn.Module, plan: CompressionPlan) -> dict[str, LayerPlan
     from slimtune.compress.factorize import Factorized
 
     out: dict[str, LayerPlan] = {}
+    modules = dict(model.named_modules())
     for name, lp in plan.layers.items():
-        module = model.get_submodule(name)
+        module = modules.get(name)
+        if module is None or not name:
+            raise ConfigError(f"the plan names layer `{name}`, which is not a module of the "
+                              f"model ({type(model).__name__})")
+        if not isinstance(module, Factorized | nn.Conv2d | nn.Linear):
+            raise ConfigError(f"the plan names layer `{name}`, a {type(module).__name__}; "
+                              "only Conv2d and Linear layers can be compressed")
         if isinstance(module, Factorized):
             for i in range(len(module)):
                 out[f"{name}.{i}"] = lp

@@ -4,17 +4,23 @@ The validation split is carved from the training data with a fixed seed and is t
 split the search reads; the test split is read for reports and export only.
 
 Built-in names: ``digits`` (scikit-learn, bundled), ``fashion-mnist`` and ``mnist`` (IDX
-files), ``cifar10`` (the python batches, read with torchvision, never downloaded), and
-``module:function`` for user code returning the three splits.
+files, read with bounded work by :mod:`slimtune.data.idx`), ``cifar10`` (the python
+batches, read by :mod:`slimtune.data.cifar` with a restricted unpickler), and
+``module:function`` for user code returning the three splits. Nothing is downloaded.
+
+Input is checked, not trusted: a ``module:function`` name from a file is imported only
+through :mod:`slimtune.trust`; splits that cannot work (an empty split, labels and
+images that differ in number, labels that are not classes 0..K-1, a class with fewer than
+2 training examples) and a ``subset`` too small to hold every class are refused with one
+:class:`DataError` or :class:`ConfigError` line that names the file or argument, the rule
+and the value.
 """
 
 from __future__ import annotations
 
 import functools
-import gzip
-import pickle
-import struct
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimtune.errors import ConfigError, DataError, UnknownNameError, import_object
+from slimtune.data.cifar import CIFAR_FILES, read_batches
+from slimtune.data.idx import read_idx
+from slimtune.errors import ConfigError, DataError, UnknownNameError
+from slimtune.trust import NO_TRUST, Trust, check, resolve
 
-__all__ = ["Splits", "DATASETS", "load_dataset", "SPLIT_SEED", "FASHION_MNIST_DIR"]
+__all__ = ["Splits", "DATASETS", "load_dataset", "SPLIT_SEED", "FASHION_MNIST_DIR",
+           "read_idx", "crop_flip"]
 
 #: the split never depends on the search seed, so every run of one dataset compares alike
 SPLIT_SEED = 0
@@ -142,28 +152,77 @@ def _load_digits(data_dir: Path | None) -> Splits:
     )
 
 
+# -- checks every loaded set passes ----------------------------------------------------
+#: a split to check: what to call it in a message, its images (or anything with a length)
+#: and its labels
+_Split = tuple[str, Any, Any]
+
+
+def _check_splits(what: str, splits: Sequence[_Split], *, carve_val: bool,
+                  num_classes: int | None = None) -> int:
+    """Refuse splits a run cannot use and return the number of classes K.
+
+    ``splits`` starts with the training split. Each split must hold at least one example
+    and as many labels as images; labels must be classes 0..K-1 (K is ``num_classes`` or
+    the largest label plus one), every one of which has at least 2 training examples (the
+    stratified validation split and subsets draw from each class). With ``carve_val`` the
+    training split must also be large enough to carve a validation split holding every
+    class. ``what`` names the data set and where it came from.
+    """
+    labels = []
+    for label, x, y in splits:
+        y = y.numpy(force=True) if isinstance(y, torch.Tensor) else np.asarray(y)
+        if len(y) == 0:
+            raise DataError(f"{what}: {label} has 0 examples")
+        if len(x) != len(y):
+            raise DataError(f"{what}: {label} has {len(x)} images but {len(y)} labels; "
+                            f"each image needs one label")
+        labels.append(y.astype(np.int64, copy=False))
+    lowest = min(int(y.min()) for y in labels)
+    highest = max(int(y.max()) for y in labels)
+    k = num_classes if num_classes is not None else highest + 1
+    if lowest < 0 or highest >= k:
+        bad = lowest if lowest < 0 else highest
+        raise DataError(f"{what}: labels must be classes 0..{k - 1}, but one is {bad}")
+    _check_classes(what, splits[0][0], labels[0], k)
+    if carve_val:
+        _check_carve(what, splits[0][0], len(labels[0]), k)
+    return k
+
+
+def _check_classes(what: str, train: str, y: np.ndarray, k: int) -> None:
+    """Every class 0..k-1 has at least 2 examples in the training labels ``y``."""
+    classes, counts = np.unique(y, return_counts=True)  # no array of size k: k may be huge
+    if len(classes) < k:  # some class is missing: the first one not in place
+        c = next((i for i, v in enumerate(classes) if v != i), len(classes))
+        n = 0
+    else:
+        thin = np.flatnonzero(counts < 2)
+        if not thin.size:
+            return
+        c, n = int(classes[thin[0]]), int(counts[thin[0]])
+    raise DataError(f"{what}: class {c} has {n} training example{'s' * (n != 1)} in {train}; "
+                    f"every class 0..{k - 1} needs at least 2 (stratified splits and "
+                    f"subsets draw from each class)")
+
+
+def _check_carve(what: str, train: str, n: int, k: int) -> None:
+    """``n`` training examples leave a validation split of ``VAL_FRACTION`` and a
+    training split that both hold all ``k`` classes (else sklearn's split would raise)."""
+    def fits(m: int) -> bool:
+        held = math.ceil(VAL_FRACTION * m)
+        return held >= k and m - held >= k
+
+    if not fits(n):
+        least = next(m for m in range(2 * k, 100 * k + 100) if fits(m))
+        raise DataError(f"{what}: {train} has {n} examples, too few for a "
+                        f"{VAL_FRACTION:.0%} validation split holding all {k} classes; it "
+                        f"needs at least {least}")
+
+
 # -- IDX (MNIST, Fashion-MNIST) -------------------------------------------------------
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip or raw) as a numpy array; :class:`DataError` if malformed."""
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-        zero, dtype_code, ndim = struct.unpack_from(">HBB", raw, 0)
-        if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 4:
-            raise ValueError("not an unsigned-byte IDX file")
-        dims = struct.unpack_from(f">{ndim}I", raw, 4)
-        start = 4 + 4 * ndim
-        count = int(np.prod(dims))
-        if len(raw) - start != count:
-            raise ValueError(f"expected {count} values after the header, found {len(raw) - start}")
-        return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
-    except (OSError, EOFError, ValueError, struct.error) as exc:
-        raise DataError(f"{path} is not a valid IDX file: {exc}") from None
 
 
 def _find(data_dir: Path, stem: str) -> Path | None:
@@ -183,11 +242,21 @@ def _load_idx(name: str, data_dir: Path | None, default: Path | None, hint: str)
         missing = [f + ".gz" for f, p in zip(IDX_FILES, paths, strict=True) if p is None]
         raise DataError(f"`{name}` files missing in {d}: {', '.join(missing)} ({hint})")
     xtr, ytr, xte, yte = (read_idx(p) for p in paths)  # type: ignore[arg-type]
-    if xtr.ndim != 3 or xte.ndim != 3 or ytr.ndim != 1 or yte.ndim != 1 \
-            or len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise DataError(f"`{name}` files in {d} have inconsistent shapes: images "
-                        f"{xtr.shape} / {xte.shape}, labels {ytr.shape} / {yte.shape}")
-    classes = int(max(ytr.max(), yte.max())) + 1
+    what = f"`{name}` in {d}"
+    for path, arr, ndim, shape in zip(paths, (xtr, ytr, xte, yte), (3, 1, 3, 1),
+                                      ("N x rows x columns images", "N labels") * 2,
+                                      strict=True):
+        if arr.ndim != ndim:
+            raise DataError(f"{path} must hold {shape}, but holds an array of shape "
+                            f"{arr.shape}")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"{what}: the training images are {xtr.shape[1]} x {xtr.shape[2]} "
+                        f"but the test images {xte.shape[1]} x {xte.shape[2]}; they must match")
+    files = [p.name for p in paths]  # type: ignore[union-attr]
+    classes = _check_splits(what, [
+        (f"the training files ({files[0]}, {files[1]})", xtr, ytr),
+        (f"the test files ({files[2]}, {files[3]})", xte, yte),
+    ], carve_val=True)
     return _normalized(name, xtr[:, None] / 255.0, ytr, xte[:, None] / 255.0, yte, classes)
 
 
@@ -204,81 +273,24 @@ def _load_mnist(data_dir: Path | None) -> Splits:
 
 
 # -- CIFAR-10 -------------------------------------------------------------------------
-_CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Refuses every global but the numpy pieces that CIFAR-10's batches are made of."""
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _check_cifar_batch(path: Path) -> None:
-    """Check a batch before torchvision unpickles it: plain data only, the expected keys."""
-    try:
-        with open(path, "rb") as f:
-            doc = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-        if not isinstance(doc, dict) or "data" not in doc or not (
-                "labels" in doc or "fine_labels" in doc):
-            raise ValueError("no `data` / `labels` entries")
-    except Exception as exc:  # noqa: BLE001 - any failure means the file is not a batch
-        raise DataError(f"{path} is not a CIFAR-10 python batch: {exc}") from None
-
-
 def _load_cifar10(data_dir: Path | None) -> Splits:
-    from torchvision.datasets import CIFAR10
-
     hint = ("the python version of CIFAR-10 (cifar-10-python.tar.gz, unpacked); slimtune "
             "never downloads data")
     if data_dir is None:
         raise DataError(f"`cifar10` needs --data-dir: the directory holding "
                         f"cifar-10-batches-py/ ({hint})")
     d = Path(data_dir)
-    root = d.parent if d.name == "cifar-10-batches-py" else d
-    batches = root / "cifar-10-batches-py"
-    missing = [f for f in _CIFAR_FILES if not (batches / f).is_file()]
+    batches = d if d.name == "cifar-10-batches-py" else d / "cifar-10-batches-py"
+    missing = [f for f in CIFAR_FILES if not (batches / f).is_file()]
     if missing:
         raise DataError(f"`cifar10` files missing in {batches}: {', '.join(missing)} ({hint})")
-    for f in _CIFAR_FILES:
-        _check_cifar_batch(batches / f)
-    if (batches / "batches.meta").is_file():
-        try:
-            with open(batches / "batches.meta", "rb") as fh:
-                _NumpyOnlyUnpickler(fh, encoding="latin1").load()
-        except Exception as exc:  # noqa: BLE001
-            raise DataError(f"{batches / 'batches.meta'} is not a CIFAR-10 meta file: {exc}"
-                            ) from None
-
-    class _LocalCIFAR10(CIFAR10):
-        def _check_integrity(self) -> bool:  # files checked above; no md5 of the originals
-            return True
-
-        def _load_meta(self) -> None:  # class names only; batches.meta is optional
-            meta = batches / "batches.meta"
-            names = [str(i) for i in range(10)]
-            if meta.is_file():
-                with open(meta, "rb") as f:
-                    doc = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-                names = list(doc.get("label_names", names))
-            self.classes = names
-            self.class_to_idx = {c: i for i, c in enumerate(names)}
-
-    try:
-        train = _LocalCIFAR10(str(root), train=True, download=False)
-        test = _LocalCIFAR10(str(root), train=False, download=False)
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"cannot read CIFAR-10 from {batches}: {exc}") from None
-    xtr = np.asarray(train.data).transpose(0, 3, 1, 2) / 255.0  # N x 3 x 32 x 32
-    xte = np.asarray(test.data).transpose(0, 3, 1, 2) / 255.0
-    return _normalized("cifar10", xtr, np.asarray(train.targets), xte,
-                       np.asarray(test.targets), 10, augment="crop_flip")
+    xtr, ytr, xte, yte = read_batches(batches)
+    _check_splits(f"`cifar10` in {batches}", [
+        ("the training batches (data_batch_1..5)", xtr, ytr),
+        ("the test batch (test_batch)", xte, yte),
+    ], carve_val=True, num_classes=10)
+    return _normalized("cifar10", xtr / 255.0, ytr, xte / 255.0, yte, 10,
+                       augment="crop_flip")
 
 
 # -- user code ------------------------------------------------------------------------
@@ -286,17 +298,21 @@ def _as_tensors(obj: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         x, y = obj
         x = torch.as_tensor(x, dtype=torch.float32)
-        y = torch.as_tensor(y, dtype=torch.int64)
+        y = torch.as_tensor(y)
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"{what} must be a pair (x, y) of arrays or tensors: {exc}") from None
-    if x.ndim < 2 or len(x) != len(y) or y.ndim != 1:
+    if y.is_floating_point() and not bool(torch.all(y == y.round())):
+        raise DataError(f"{what}: labels must be whole class numbers 0..K-1, but some are "
+                        f"fractions (dtype {y.dtype})")
+    if y.is_complex() or y.ndim != 1 or x.ndim < 2:
         raise DataError(f"{what}: x must be N x ... and y of length N, got {tuple(x.shape)} "
                         f"and {tuple(y.shape)}")
-    return x, y
+    return x, y.to(torch.int64)
 
 
 def _load_user(spec: str, data_dir: Path | None) -> Splits:
-    fn: Any = import_object(spec, "dataset")
+    """A ``module:function`` data set; its module's trust was checked by the caller."""
+    fn: Any = resolve(spec, "data set", NO_TRUST, source=None)
     try:
         out = fn(data_dir) if data_dir is not None else fn()
         train, val, test = out
@@ -308,7 +324,14 @@ def _load_user(spec: str, data_dir: Path | None) -> Splits:
     (xtr, ytr), (xva, yva), (xte, yte) = (
         _as_tensors(s, f"`{spec}` {n}") for s, n in ((train, "train"), (val, "val"), (test, "test"))
     )
-    classes = int(max(int(ytr.max()), int(yva.max()), int(yte.max()))) + 1
+    if not xtr.shape[1:] == xva.shape[1:] == xte.shape[1:]:
+        raise DataError(f"data set `{spec}`: every split must have inputs of one shape, but "
+                        f"train has {tuple(xtr.shape[1:])}, val {tuple(xva.shape[1:])} and "
+                        f"test {tuple(xte.shape[1:])}")
+    classes = _check_splits(f"data set `{spec}`", [
+        ("its train split", xtr, ytr), ("its val split", xva, yva),
+        ("its test split", xte, yte),
+    ], carve_val=False)
     return Splits(spec, xtr, ytr, xva, yva, xte, yte, num_classes=classes)
 
 
@@ -320,6 +343,38 @@ DATASETS: dict[str, Callable[[Path | None], Splits]] = {
 }
 
 
+# -- subsets --------------------------------------------------------------------------
+def _check_subset(s: Splits, subset: int | None, val_subset: int | None) -> None:
+    """A subset's validation and test quarters (and ``val_subset``) must be able to hold
+    one example of every class."""
+    k = s.num_classes
+    if subset is not None and subset // 4 < k:
+        raise ConfigError(f"`--subset` must be at least {4 * k} (4 x the {k} classes of "
+                          f"`{s.name}`), but got {subset}")
+    if val_subset is not None and val_subset < k:
+        raise ConfigError(f"`--val-subset` must be at least {k} (the {k} classes of "
+                          f"`{s.name}`), but got {val_subset}")
+
+
+def _pick(y: torch.Tensor, k: int) -> torch.Tensor:
+    """Sorted indices of ``k`` of the labels ``y``, stratified, with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    labels = y.numpy(force=True)
+    _, counts = np.unique(labels, return_counts=True)
+    if counts.min() >= 2 and min(k, len(labels) - k) >= len(counts):
+        idx, _ = train_test_split(np.arange(len(labels)), train_size=k,
+                                  random_state=SPLIT_SEED, stratify=labels)
+    else:  # too few of some class for sklearn: take the classes in turn, seeded order
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+        rank = np.empty(len(labels), dtype=np.int64)  # place of each example in its class
+        for c in np.unique(labels):
+            in_c = labels[order] == c
+            rank[in_c] = np.arange(int(in_c.sum()))
+        idx = order[np.argsort(rank, kind="stable")[:k]]
+    return torch.from_numpy(np.sort(idx))
+
+
 def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
     """At most ``n`` training examples and ``n // 4`` test ones, and at most ``n_val``
     validation ones (``n // 4`` when not given), stratified."""
@@ -327,11 +382,7 @@ def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
              ) -> tuple[torch.Tensor, torch.Tensor]:
         if k is None or k >= len(y):  # None: all of it
             return x, y
-        from sklearn.model_selection import train_test_split
-
-        idx, _ = train_test_split(np.arange(len(y)), train_size=k, random_state=SPLIT_SEED,
-                                  stratify=y.numpy() if k >= s.num_classes else None)
-        idx = torch.from_numpy(np.sort(idx))
+        idx = _pick(y, k)
         return x[idx], y[idx]
 
     quarter = max(1, n // 4) if n else None
@@ -341,29 +392,47 @@ def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
     return replace(s, x_train=xtr, y_train=ytr, x_val=xva, y_val=yva, x_test=xte, y_test=yte)
 
 
+# -- loading --------------------------------------------------------------------------
+def _load(name: str, data_dir: Path | None) -> Splits:
+    if ":" in name:
+        return _load_user(name, data_dir)
+    try:
+        loader = DATASETS[name]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown dataset `{name}`; choose one of: {', '.join(sorted(DATASETS))}, "
+            "or module:function"
+        ) from None
+    return loader(data_dir)
+
+
 @functools.lru_cache(maxsize=4)  # one load per process (Ray workers run many trials)
 def _cached(name: str, data_dir: str | None, subset: int | None,
             val_subset: int | None = None) -> Splits:
-    d = Path(data_dir) if data_dir else None
-    if ":" in name:
-        splits = _load_user(name, d)
-    else:
-        try:
-            loader = DATASETS[name]
-        except KeyError:
-            raise UnknownNameError(
-                f"unknown dataset `{name}`; choose one of: {', '.join(sorted(DATASETS))}, "
-                "or module:function"
-            ) from None
-        splits = loader(d)
-    return _subset(splits, subset, val_subset) if subset or val_subset else splits
+    splits = _load(name, Path(data_dir) if data_dir else None)
+    if not (subset or val_subset):
+        return splits
+    _check_subset(splits, subset, val_subset)
+    return _subset(splits, subset, val_subset)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, subset: int | None = None,
-                 val_subset: int | None = None) -> Splits:
+                 val_subset: int | None = None, *, trust: Trust = NO_TRUST,
+                 source: str | None = None) -> Splits:
     """Load a data set by name (or ``module:function``), optionally a stratified subset:
     at most ``subset`` training examples and ``subset // 4`` test ones, and at most
-    ``val_subset`` validation ones (by default ``subset // 4``)."""
+    ``val_subset`` validation ones (by default ``subset // 4``).
+
+    ``source`` says where ``name`` was read (``"the model card m.json"``): a
+    ``module:function`` name from a source is imported only if ``trust`` allows its
+    module (:mod:`slimtune.trust`); ``source=None`` means the caller named it itself.
+    The check runs on every call, before the per-process cache is consulted.
+    """
+    if name.startswith("torchvision:"):
+        raise UnknownNameError(f"unknown dataset `{name}`: torchvision data sets are not "
+                               f"supported (slimtune never downloads data); choose one of: "
+                               f"{', '.join(sorted(DATASETS))}, or module:function")
+    check(name, "data set", trust, source)
     if subset is not None and subset < 1:
         raise ConfigError(f"`--subset` must be at least 1, but got {subset}")
     if val_subset is not None and val_subset < 1:

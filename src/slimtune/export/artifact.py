@@ -4,11 +4,12 @@ Layout (all integers little-endian)::
 
     b"SLIMTUNE" | u8 format | u32 header length | header | payload | u32 CRC-32
 
-The header is zlib-compressed JSON naming the model (built-in name), its input shape,
-class count and the compression plan. The payload holds the tensors of the compressed
-model's state dict, in order, with no names: the loader rebuilds the structure from the
-header and knows every tensor's shape. A compressed weight (a layer of the plan that is
-pruned or below 32 bits) is stored as
+The header (``export/header.py``, checked against bounds before anything is built) is
+zlib-compressed JSON naming the model (a built-in, ``torchvision:`` or trusted user
+name), its input shape, class count and the compression plan. The payload holds the
+tensors of the compressed model's state dict, in order, with no names: the loader
+rebuilds the structure from the header and knows every tensor's shape. A compressed
+weight (a layer of the plan that is pruned or below 32 bits) is stored as
 
     [per-output-channel float32 scales, if bits < 32]
     [bitmap of kept positions, 1 bit per weight, if pruned]
@@ -23,13 +24,12 @@ byte length of this file.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,42 +42,25 @@ from slimtune.compress.prune import pruned_count
 from slimtune.compress.quantize import dequantize, quantize_codes
 from slimtune.compress.structured import channel_prune
 from slimtune.errors import ArtifactError, SlimtuneError
+from slimtune.export.header import (
+    CRC,
+    FORMAT_VERSION,
+    MAGIC,
+    MAX_HEADER_BYTES,
+    PREFIX,
+    Header,
+    check_model_bounds,
+    parse_head,
+)
+from slimtune.files import write_atomic
 from slimtune.models.zoo import build_model
 from slimtune.spaces.plan import CompressionPlan
+from slimtune.trust import NO_TRUST, Trust
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "decode", "save", "load", "skeleton"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "decode", "save", "load", "skeleton",
+           "read_artifact", "read_header", "header_dict", "stored_weights"]
 
-MAGIC = b"SLIMTUNE"
-FORMAT_VERSION = 1
-_PREFIX = struct.Struct("<8sBI")
-_CRC = struct.Struct("<I")
-
-
-@dataclass(frozen=True)
-class Header:
-    model: str
-    num_classes: int
-    input_shape: tuple[int, ...]
-    plan: CompressionPlan
-
-    def to_bytes(self) -> bytes:
-        doc = {
-            "model": self.model,
-            "num_classes": self.num_classes,
-            "input_shape": list(self.input_shape),
-            "plan": self.plan.to_dict(),
-        }
-        return zlib.compress(json.dumps(doc, separators=(",", ":")).encode(), 9)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Header:
-        doc = json.loads(zlib.decompress(raw).decode())
-        return cls(
-            model=str(doc["model"]),
-            num_classes=int(doc["num_classes"]),
-            input_shape=tuple(int(s) for s in doc["input_shape"]),
-            plan=CompressionPlan.from_dict(doc["plan"]),
-        )
+_PREFIX, _CRC = PREFIX, CRC
 
 
 @dataclass(frozen=True)
@@ -108,10 +91,18 @@ def stored_weights(plain: nn.Module, plan: CompressionPlan) -> dict[str, tuple[i
     return out
 
 
-def skeleton(header: Header) -> nn.Module:
+def skeleton(header: Header, *, trust: Trust = NO_TRUST, source: str | None = None,
+             base: nn.Module | None = None) -> nn.Module:
     """The compressed model's structure, weights unset: channel-pruned and factorized as
-    the plan says (both depend on shapes only, never on weights)."""
-    model = build_model(header.model, header.num_classes, header.input_shape)
+    the plan says (both depend on shapes only, never on weights).
+
+    The model is ``base`` (a copy: an architecture instance the caller passes) or built
+    from the header's name (through the trust boundary when ``source`` says the header
+    came from a file)."""
+    import copy
+
+    model = copy.deepcopy(base) if base is not None else build_model(
+        header.model, header.num_classes, header.input_shape, trust=trust, source=source)
     chan, fact, _, _ = configs_of(header.plan)
     if chan.keep_ratio:
         model = channel_prune(model, chan, header.input_shape, inplace=True)
@@ -247,31 +238,40 @@ class _Reader:
         return out
 
 
-def decode(data: bytes) -> tuple[nn.Module, Header]:
-    """Rebuild the module from artifact bytes; raises :class:`ArtifactError` if malformed."""
-    if len(data) < _PREFIX.size + _CRC.size:
-        raise ArtifactError("not a slimtune artifact: file too short")
-    magic, version, hlen = _PREFIX.unpack_from(data, 0)
-    if magic != MAGIC:
-        raise ArtifactError("not a slimtune artifact: bad magic bytes")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(
-            f"artifact format {version} is not supported (expected {FORMAT_VERSION})"
-        )
+def decode(data: bytes, *, trust: Trust = NO_TRUST, source: str = "the artifact",
+           model: nn.Module | None = None) -> tuple[nn.Module, Header]:
+    """Rebuild the module from artifact bytes; raises :class:`ArtifactError` if malformed.
+
+    Bounded work first (:mod:`slimtune.export.header`): magic, header and every length
+    are checked against the bytes' own length before the model is built. The header's
+    model name is resolved through the trust boundary (``trust``; ``source`` names the
+    file in messages), or ``model`` (an architecture instance of yours) is used instead.
+    """
+    header, start = parse_head(data, len(data))
+    check_model_bounds(header, len(data), start, model, trust, source)
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
-    if zlib.crc32(data[: -_CRC.size]) != crc:
+    if zlib.crc32(memoryview(data)[: -_CRC.size]) != crc:
         raise ArtifactError("the artifact is corrupted or truncated (checksum mismatch)")
-    end = len(data) - _CRC.size
-    if _PREFIX.size + hlen > end:
-        raise ArtifactError("the artifact is truncated (header longer than the file)")
     try:
-        header = Header.from_bytes(data[_PREFIX.size : _PREFIX.size + hlen])
-        model = skeleton(header)
+        built = skeleton(header, trust=trust, source=source, base=model)
     except SlimtuneError as exc:
         raise ArtifactError(f"the artifact's header is invalid: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - zlib/json/shape errors all mean a bad header
-        raise ArtifactError(f"the artifact's header is invalid: {exc}") from None
-    reader = _Reader(data, _PREFIX.size + hlen, end)
+    except Exception as exc:  # noqa: BLE001 - a plan the model cannot take
+        raise ArtifactError(f"the artifact's header is invalid: {type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}") from None
+    state = _decode_payload(data, start, len(data) - _CRC.size, built, header)
+    try:
+        built.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # only with a caller's `model` of another architecture
+        raise ArtifactError(f"the artifact does not fit the model passed: "
+                            f"{' '.join(str(exc).split())[:200]}") from None
+    built.eval()
+    return built, header
+
+
+def _decode_payload(data: bytes, start: int, end: int, model: nn.Module,
+                    header: Header) -> dict[str, torch.Tensor]:
+    reader = _Reader(data, start, end)
     specs = _weight_specs(model, header.plan)
     state: dict[str, torch.Tensor] = {}
     for key, ref in model.state_dict().items():
@@ -279,6 +279,9 @@ def decode(data: bytes) -> tuple[nn.Module, Header]:
         if spec is None:
             dt = ref.numpy().dtype.newbyteorder("<")
             arr = np.frombuffer(reader.take(ref.numel() * dt.itemsize), dtype=dt)
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise ArtifactError(f"the artifact holds non-finite values (NaN or inf) in "
+                                    f"`{key}`")
             state[key] = torch.from_numpy(arr.astype(dt.newbyteorder("="))).reshape(ref.shape)
             continue
         n, out = ref.numel(), ref.shape[0]
@@ -300,44 +303,71 @@ def decode(data: bytes) -> tuple[nn.Module, Header]:
             state[key] = dequantize(torch.from_numpy(full).reshape(ref.shape), scale)
         else:
             vals = np.frombuffer(reader.take(nnz * 4), dtype="<f4")
+            if not np.isfinite(vals).all():
+                raise ArtifactError(f"the artifact holds non-finite values (NaN or inf) in "
+                                    f"`{key}`")
             full_f = np.zeros(n, dtype=np.float32)
             full_f[keep] = vals
             state[key] = torch.from_numpy(full_f).reshape(ref.shape)
     if reader.pos != end:
         raise ArtifactError("the artifact has trailing bytes after its payload")
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    return model, header
+    return state
 
 
 def save(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    """Write ``data`` to ``path`` atomically: a temporary file in the same directory,
+    renamed at the end and removed on failure (a full disk leaves nothing half-written)."""
+    write_atomic(Path(path), data, "artifact")
 
 
-def read_header(path: str | Path) -> Header:
-    return decode(_read(path))[1]
-
-
-def _read(path: str | Path) -> bytes:
+def read_artifact(path: str | Path, *, trust: Trust = NO_TRUST,
+                  model: nn.Module | None = None) -> bytes:
+    """The bytes of the artifact at ``path``, read with bounded work: the prefix and the
+    header are read and checked first, then the rest only if the file's length fits the
+    model its header names."""
     p = Path(path)
+    source = f"the artifact {p}"
     if not p.is_file():
         raise ArtifactError(f"no artifact at {p}")
-    return p.read_bytes()
+    try:
+        with open(p, "rb") as f:
+            total = os.fstat(f.fileno()).st_size
+            head = f.read(_PREFIX.size)
+            if len(head) == _PREFIX.size and head[:len(MAGIC)] == MAGIC:
+                (hlen,) = struct.unpack_from("<I", head, len(MAGIC) + 1)
+                if hlen <= MAX_HEADER_BYTES:
+                    head += f.read(hlen)
+            header, start = parse_head(head, total)  # checks magic before reading more
+            check_model_bounds(header, total, start, model, trust, source)
+            rest = f.read(total - len(head))
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {p}: {exc.strerror or exc}") from None
+    data = head + rest
+    if len(data) != total:
+        raise ArtifactError(f"{p} changed while it was read")
+    return data
 
 
-def load(path: str | Path) -> nn.Module:
-    """The ``torch.nn.Module`` stored in an exported slimtune file (eval mode, CPU)."""
-    return decode(_read(path))[0]
+def read_header(path: str | Path, *, trust: Trust = NO_TRUST) -> Header:
+    return load_with_header(path, trust=trust)[1]
 
 
-def header_dict(header: Header) -> dict[str, Any]:
-    return {
-        "model": header.model,
-        "num_classes": header.num_classes,
-        "input_shape": list(header.input_shape),
-        "plan": header.plan.to_dict(),
-    }
+def load_with_header(path: str | Path, *, trust: Trust = NO_TRUST,
+                     model: nn.Module | None = None) -> tuple[nn.Module, Header]:
+    """The module stored at ``path`` and its header (bounded reading, trust boundary)."""
+    data = read_artifact(path, trust=trust, model=model)
+    return decode(data, trust=trust, source=f"the artifact {Path(path)}", model=model)
+
+
+def load(path: str | Path, *, trust_module: str | list[str] | None = None,
+         model: nn.Module | None = None) -> nn.Module:
+    """The ``torch.nn.Module`` stored in an exported slimtune file (eval mode, CPU).
+
+    The file names its model; a built-in or ``torchvision:`` name is rebuilt, a
+    ``module:factory`` name only if you trust that module (``trust_module="mymodule"``),
+    or pass the architecture yourself (``model=MyNet()``, before compression)."""
+    return load_with_header(path, trust=Trust.of(trust_module), model=model)[0]
+
+
+def header_dict(header: Header) -> dict[str, object]:
+    return header.to_dict()

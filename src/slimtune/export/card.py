@@ -7,12 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.data.datasets import load_dataset
-from slimtune.errors import RunDirError
-from slimtune.export.artifact import decode, save, stored_weights
+from slimtune.errors import ConfigError, RunDirError
+from slimtune.export.artifact import decode, load_with_header, read_artifact, stored_weights
+from slimtune.files import atomic_path, write_into
 from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.flops import count_flops
+from slimtune.trust import Trust
 
-__all__ = ["export", "card_path", "evaluate"]
+__all__ = ["export", "card_path", "evaluate", "read_card"]
+
+#: a model card is a few kB; a larger file is not one of ours
+MAX_CARD_BYTES = 1 << 20
 
 
 def card_path(path: str | Path) -> Path:
@@ -20,29 +25,58 @@ def card_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def read_card(path: str | Path) -> dict[str, Any]:
+    """The model card beside the exported file ``path`` ({} when there is none). Only its
+    data-set fields are used, each checked for type; it is read with a size cap."""
+    p = card_path(path)
+    if not p.is_file() or p == Path(path):
+        return {}
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CARD_BYTES + 1)
+    except OSError as exc:
+        raise RunDirError(f"cannot read the model card {p}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CARD_BYTES:
+        raise RunDirError(f"the model card {p} is larger than {MAX_CARD_BYTES} bytes: not a "
+                          "slimtune model card")
+    try:
+        card = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise RunDirError(f"the model card {p} is not JSON; pass --data (and --data-dir) "
+                          "or remove it") from None
+    if not isinstance(card, dict):
+        raise RunDirError(f"the model card {p} is not a JSON object")
+    types = {"dataset": str, "data_dir": str, "subset": int, "val_subset": int}
+    for key, kind in types.items():
+        v = card.get(key)
+        if v is not None and (not isinstance(v, kind) or isinstance(v, bool)):
+            raise RunDirError(f"the model card {p} has a bad `{key}`: expected "
+                              f"{kind.__name__}, got {v!r:.60}")
+    return card
+
+
 def evaluate(
     path: str | Path, data: str | None = None, split: str = "test",
-    data_dir: str | Path | None = None,
+    data_dir: str | Path | None = None, *, trust_module: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy of an exported file on a split (data set, its directory and subset from the
-    model card beside the file unless given)."""
-    from slimtune.export.artifact import _read
+    model card beside the file unless given).
 
-    raw = _read(path)
-    model, header = decode(raw)
-    card: dict[str, Any] = {}
-    if card_path(path).is_file():
-        try:
-            card = json.loads(card_path(path).read_text())
-        except ValueError:
-            card = {}
+    A data set named by the card (not by ``data``) that is user code (``module:function``)
+    runs only if ``trust_module`` trusts its module, as the model the artifact names does.
+    """
+    trust = Trust.of(trust_module)
+    model, header = load_with_header(path, trust=trust)
+    card = read_card(path)
+    source = None  # the caller's --data is the caller's choice
     if data is None:
         data = card.get("dataset", "digits")
+        source = f"the model card {card_path(path)}"
     same = data == card.get("dataset")
     if data_dir is None and same:
         data_dir = card.get("data_dir")
     ds = load_dataset(data, data_dir, card.get("subset") if same else None,
-                      card.get("val_subset") if same else None)
+                      card.get("val_subset") if same else None, trust=trust, source=source)
     x, y = ds.split(split)
     if tuple(x.shape[1:]) != header.input_shape:
         raise RunDirError(
@@ -53,20 +87,45 @@ def evaluate(
             "examples": len(y)}
 
 
+def output_paths(out: str | Path, onnx: bool) -> dict[str, Path]:
+    """What ``export`` writes: the artifact, its card and (``onnx``) the ONNX file; refused
+    when two of them would be the same file."""
+    out = Path(out)
+    paths = {"artifact": out, "model card": card_path(out)}
+    if onnx:
+        paths["ONNX model"] = out.with_suffix(".onnx")
+    seen: dict[Path, str] = {}
+    for what, p in paths.items():
+        key = p.resolve() if p.parent.exists() else p.absolute()
+        if key in seen:
+            raise ConfigError(
+                f"`--out {out}` would write the {what} over the {seen[key]} ({p}): the model "
+                f"card goes to PATH.json{' and the ONNX model to PATH.onnx' if onnx else ''}; "
+                "choose an --out with another suffix, e.g. model.slim")
+        seen[key] = what
+    return paths
+
+
 def export(
     run_dir: str | Path, trial: int, out: str | Path, *, onnx: bool = False,
     storage: str | None = None, study_name: str = "slimtune",
+    trust_module: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it.
 
     With ``onnx=True`` also ``out`` with suffix ``.onnx``: the student with dequantized
     float32 weights, checked against PyTorch with onnxruntime (the result is in the card).
     Returns the card. The test accuracy in the card is measured on the file's own bytes.
+    The study and the artifact name the model and data set: user code among them runs
+    only if ``trust_module`` trusts its module. Every file is written to a temporary file
+    first and renamed once all of them are complete.
     """
     from slimtune.search.study import open_run
 
+    paths = output_paths(out, onnx)
+    trust = Trust.of(trust_module)
     run = open_run(run_dir, storage=storage, study_name=study_name)
-    frozen = {t.number: t for t in run.study.trials}
+    frozen = {t.number: t for t in run.study.get_trials(deepcopy=False)}
     if trial not in frozen:
         raise RunDirError(f"trial {trial} is not in {run.dir} (it has {len(frozen)} trials)")
     t = frozen[trial]
@@ -81,18 +140,18 @@ def export(
             "; copy that machine's run directory `trials` folder here (or share the run "
             "directory between machines)"
         )
-    raw = src.read_bytes()
-    model, header = decode(raw)
+    raw = read_artifact(src, trust=trust)
+    model, header = decode(raw, trust=trust, source=f"the artifact {src}")
     meta = run.meta
     cfg = meta["config"]
-    ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"))
+    ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"),
+                      trust=trust, source=f"the study of {run.dir}")
     test_acc = accuracy(model, ds.x_test, ds.y_test)
     val_acc = accuracy(model, ds.x_val, ds.y_val)
     report = count_flops(model, header.input_shape, stored_weights(model, header.plan))
     macs = report.effective
     teacher = meta["teacher"]
     out = Path(out)
-    save(out, raw)
     card = {
         "slimtune_version": meta.get("version"),
         "dataset": cfg["data"],
@@ -121,9 +180,15 @@ def export(
             ),
         },
     }
-    if onnx:
-        from slimtune.export.onnx import export_onnx
+    with atomic_path(paths["artifact"], "--out") as tmp_artifact, \
+            atomic_path(paths["model card"], "model card") as tmp_card:
+        write_into(tmp_artifact, raw, "--out", paths["artifact"])
+        write_into(tmp_card, json.dumps(card, indent=2) + "\n", "model card",
+                   paths["model card"])
+        if onnx:  # last: it is renamed into place as soon as it has been checked
+            from slimtune.export.onnx import export_onnx
 
-        card["onnx"] = export_onnx(model, header.input_shape, out.with_suffix(".onnx"))
-    card_path(out).write_text(json.dumps(card, indent=2) + "\n")
+            card["onnx"] = export_onnx(model, header.input_shape, paths["ONNX model"])
+            write_into(tmp_card, json.dumps(card, indent=2) + "\n", "model card",
+                       paths["model card"])
     return card

@@ -23,11 +23,14 @@ from torch import nn
 
 from slimtune.data.datasets import Splits
 from slimtune.errors import ConfigError, RunDirError
+from slimtune.files import write_atomic
 from slimtune.models.zoo import build_model
 from slimtune.objectives.accuracy import accuracy
+from slimtune.trust import NO_TRUST, Trust
 
 __all__ = ["TeacherConfig", "train_teacher", "load_or_train_teacher", "cache_dir",
-           "default_teacher_epochs", "load_checkpoint", "train_command"]
+           "default_teacher_epochs", "load_checkpoint", "train_command", "data_fingerprint",
+           "state_dict_mismatch"]
 
 #: epochs when none are given: small data sets train for longer
 _DEFAULT_EPOCHS = {"digits": 40}
@@ -59,8 +62,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SLIMTUNE_CACHE") or Path.home() / ".cache" / "slimtune")
 
 
-def cache_key(model: str, data: str, subset: int | None, config: TeacherConfig) -> dict[str, Any]:
-    return {"model": model, "data": data, "subset": subset, "recipe": asdict(config)}
+def cache_key(model: str, data: str, subset: int | None, config: TeacherConfig,
+              fingerprint: str | None = None) -> dict[str, Any]:
+    """What a cached teacher depends on: the model, the training data (by name and subset,
+    and by a fingerprint of the training split itself: the same name in another
+    ``--data-dir`` can hold other data) and the whole recipe."""
+    return {"model": model, "data": data, "subset": subset, "recipe": asdict(config),
+            "train_split": fingerprint}
+
+
+def data_fingerprint(data: Splits) -> str:
+    """A SHA-256 of the training split (images and labels), the data a teacher learns from.
+    The validation split is not in it: it never changes the weights (``--val-subset``
+    picks fewer validation examples and trains the same teacher)."""
+    h = hashlib.sha256()
+    for t in (data.x_train, data.y_train):
+        h.update(str((tuple(t.shape), str(t.dtype))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _cache_path(key: dict[str, Any]) -> Path:
@@ -119,13 +138,43 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         raise ConfigError(f"--checkpoint {p} does not exist")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
-        model.load_state_dict(state)
-    except Exception as exc:  # noqa: BLE001 - any failure: not a state dict of this model
-        raise ConfigError(f"--checkpoint {p} is not a state dict of this model: "
-                          f"{' '.join(str(exc).split())[:300]}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure: not a torch.save file
+        raise ConfigError(f"--checkpoint {p} is not a file saved with torch.save of plain "
+                          f"tensors ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ConfigError(f"--checkpoint {p} holds a {type(state).__name__}, not a state dict")
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch:
+        raise ConfigError(f"--checkpoint {p} is not a state dict of this model: {mismatch}")
+    model.load_state_dict(state)
     return model.eval()
+
+
+def state_dict_mismatch(model: nn.Module, state: dict[str, Any], shown: int = 3) -> str:
+    """How ``state`` differs from ``model``'s state dict, in one sentence ("" if it fits):
+    missing keys, unexpected keys and tensors of another shape, the first few of each."""
+    own = model.state_dict()
+
+    def few(names: list[str]) -> str:
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        return ", ".join(f"`{n}`" for n in names[:shown]) + more
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(v.shape)} in the model"
+              for k, v in own.items()
+              if k in state and (not isinstance(state[k], torch.Tensor)
+                                 or tuple(state[k].shape) != tuple(v.shape))]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({few(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({few(shapes)})")
+    return "; ".join(parts)
 
 
 def _load_state(model: nn.Module, path: Path) -> nn.Module:
@@ -138,10 +187,8 @@ def _load_state(model: nn.Module, path: Path) -> nn.Module:
 
 
 def _save(model: nn.Module, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    """Atomically (a full disk leaves no ``teacher.pt.tmp`` nor half a file)."""
+    write_atomic(path, b"", "teacher", writer=lambda tmp: torch.save(model.state_dict(), tmp))
 
 
 def load_or_train_teacher(
@@ -156,19 +203,25 @@ def load_or_train_teacher(
     checkpoint: str | Path | None = None,
     on_step: Callable[[int, int], None] | None = None,
     device: torch.device | str = "cpu",
+    trust: Trust = NO_TRUST,
+    source: str | None = None,
 ) -> tuple[nn.Module, str]:
     """The teacher for a run, and where it came from: ``"run"`` (``path`` exists),
     ``"checkpoint"`` (the user's weights), ``"cache"`` or ``"trained"``. It is then saved
-    at ``path`` (the run directory's copy) and, when trained, in the cache."""
+    at ``path`` (the run directory's copy) and, when trained, in the cache.
+    ``trust``/``source``: where the model name comes from (see :mod:`slimtune.trust`)."""
     torch.manual_seed(config.seed)
-    model = build_model(model_name, data.num_classes, data.input_shape)
+    model = build_model(model_name, data.num_classes, data.input_shape, trust=trust,
+                        source=source)
     if path is not None and path.exists():
         return _load_state(model, path), "run"
     if checkpoint is not None:
         source = "checkpoint"
         load_checkpoint(model, checkpoint)
     else:
-        cached = _cache_path(cache_key(model_name, data_name or data.name, subset, config))
+        key = cache_key(model_name, data_name or data.name, subset, config,
+                        data_fingerprint(data))
+        cached = _cache_path(key)
         if cached.exists():
             source = "cache"
             _load_state(model, cached)
@@ -177,11 +230,12 @@ def load_or_train_teacher(
             t0 = time.perf_counter()
             train_teacher(model, data, config, on_epoch, on_step, device)
             _save(model, cached)
-            meta = {"key": cache_key(model_name, data_name or data.name, subset, config),
+            meta = {"key": key,
                     "seconds": round(time.perf_counter() - t0, 1),
                     "val_accuracy": accuracy(model, data.x_val, data.y_val),
                     "test_accuracy": accuracy(model, data.x_test, data.y_test)}
-            cached.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+            write_atomic(cached.with_suffix(".json"), json.dumps(meta, indent=2) + "\n",
+                         "teacher cache entry")
     if path is not None:
         _save(model, path)
     return model, source
@@ -210,7 +264,7 @@ def train_command(
         None, model, ds, config, on_epoch, data_name=data, subset=subset, on_step=on_step,
         device=device,
     )
-    path = _cache_path(cache_key(model, data, subset, config))
+    path = _cache_path(cache_key(model, data, subset, config, data_fingerprint(ds)))
     seconds = time.perf_counter() - t0
     if source == "cache" and path.with_suffix(".json").is_file():
         seconds = json.loads(path.with_suffix(".json").read_text()).get("seconds", seconds)

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimtune.errors import UnknownNameError, import_object
+from slimtune.errors import UnknownNameError
+from slimtune.trust import NO_TRUST, Trust, resolve
 
 __all__ = ["SmallCNN", "VGGSmall", "CifarResNet", "MODELS", "build_model"]
 
@@ -164,12 +165,13 @@ def _parent_of(model: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
     raise KeyError("module not in model")  # pragma: no cover
 
 
-def _user(spec: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def _user(spec: str, num_classes: int, input_shape: tuple[int, ...], trust: Trust,
+          source: str | None) -> nn.Module:
     """``module:factory``: called with ``num_classes`` and ``input_shape`` where it takes
-    them (by name), else with no arguments."""
+    them (by name), else with no arguments. Imported only through the trust boundary."""
     import inspect
 
-    factory: Any = import_object(spec, "model")
+    factory: Any = resolve(spec, "model", trust, source)
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -183,14 +185,20 @@ def _user(spec: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Modul
     return model
 
 
-def build_model(name: str, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], *,
+                trust: Trust = NO_TRUST, source: str | None = None) -> nn.Module:
     """A freshly initialized model: a built-in name, ``torchvision:NAME`` or
-    ``module:factory`` (the name is stored in exported files, so the loader can rebuild it)."""
+    ``module:factory`` (the name is stored in exported files, so the loader can rebuild it).
+
+    ``source`` says where ``name`` was read from (an artifact, a study); a
+    ``module:factory`` name from a source is built only if ``trust`` allows its module
+    (see :mod:`slimtune.trust`). ``source=None``: the caller named it, which is trusted.
+    """
     input_shape = tuple(input_shape)
     if name.startswith("torchvision:"):
         return _torchvision(name.split(":", 1)[1], num_classes, input_shape)
     if ":" in name:
-        return _user(name, num_classes, input_shape)
+        return _user(name, num_classes, input_shape, trust, source)
     try:
         factory = MODELS[name]
     except KeyError:

@@ -24,6 +24,7 @@ def parse_quantity(text: str | int | float, what: str, suffix: str = "") -> int:
 
     ``suffix`` (``B`` for sizes) may follow the unit. ConfigError names ``what`` otherwise.
     """
+    import math
     import re
 
     if isinstance(text, (int, float)):
@@ -37,6 +38,10 @@ def parse_quantity(text: str | int | float, what: str, suffix: str = "") -> int:
                               f"Ki, Mi, Gi){' and ' + unit if unit else ''}, like "
                               f"{'50kB or 1.5MB' if suffix else '2M or 1.2G'}, but got {text!r}")
         value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if math.isnan(value):
+        raise ConfigError(f"`{what}` must be a number, but got {text!r}")
+    if not value < 2**63:  # 1e400 is inf, and no budget is that large
+        raise ConfigError(f"`{what}` must be below 2^63, but got {text!r}")
     if value < 1:
         raise ConfigError(f"`{what}` must be at least 1, but got {text!r}")
     return int(round(value))

@@ -10,7 +10,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shlex
+import signal
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -24,7 +27,7 @@ from optuna.trial import TrialState
 
 from slimtune import __version__
 from slimtune.data.datasets import load_dataset
-from slimtune.errors import ConfigError, RunDirError, SearchAborted
+from slimtune.errors import ConfigError, OutputError, RunDirError, SearchAborted
 from slimtune.export.artifact import save
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
 from slimtune.models.zoo import build_model
@@ -49,9 +52,49 @@ from slimtune.search.study import (
 from slimtune.search.trial import TrialSpec, measure, run_trial
 from slimtune.spaces.plan import CompressionPlan
 from slimtune.spaces.space import SearchSpace
+from slimtune.trust import Trust, check
 
 __all__ = ["search", "resume", "SearchResult", "SearchEvents", "TrialRecord",
-           "warm_start_plans"]
+           "warm_start_plans", "Terminated"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, SLURM, systemd, ``timeout``) during a search: handled as
+    Ctrl-C is: running trials are marked failed and retried on ``--resume``."""
+
+    signum = signal.SIGTERM
+
+
+class _Signals:
+    """Whether SIGTERM arrived: Ray's ``wait`` turns any exception a signal handler raises
+    during it into a plain KeyboardInterrupt, so the type alone cannot tell."""
+
+    terminated = False
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Any:
+    """While a search runs in the main thread, SIGTERM raises :class:`Terminated` (a
+    KeyboardInterrupt) instead of killing the process (Ray's own handler would dump its
+    C++ stack and leave trials RUNNING). Yields the :class:`_Signals` seen."""
+    seen = _Signals()
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        seen.terminated = True
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield seen
+    except KeyboardInterrupt:
+        if seen.terminated:
+            raise Terminated() from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @dataclass
@@ -63,6 +106,7 @@ class SearchEvents:
     teacher_ready: Callable[[dict[str, Any], str], None] | None = None  # (metrics, source)
     sensitivity: Callable[[int, int], None] | None = None  # (layers, tasks): pass begins
     guided: Callable[[float, int], None] | None = None  # (seconds, plans): pass done
+    warning: Callable[[str], None] | None = None  # something went wrong, the search goes on
     started: Callable[[int, int], None] | None = None  # (trials to run, concurrency)
     trial_done: Callable[[TrialRecord, dict[str, Any]], None] | None = None
 
@@ -84,13 +128,13 @@ _METRICS = ("accuracy", "size_bytes", "flops", "dense_flops", "bitops", "latency
 
 
 def _teacher_metrics(
-    teacher: torch.nn.Module, model: str, data: Any, latency: bool
+    teacher: torch.nn.Module, model: str, data: Any, latency: bool, trust: Trust
 ) -> dict[str, Any]:
     """The teacher measured exactly as students are: through its own artifact."""
     plan = CompressionPlan()
     m = measure(teacher, model, data.num_classes, data.input_shape, plan, data.x_val,
                 data.y_val, latency_device="cpu" if latency else None,
-                test=(data.x_test, data.y_test))
+                test=(data.x_test, data.y_test), trust=trust)
     return {k: m[k] for k in (*_METRICS, "test_accuracy") if k in m}
 
 
@@ -145,7 +189,7 @@ def _fail_stale(study: optuna.Study, all_running_dead: bool) -> list[int]:
                                                        states=[TrialState.RUNNING])]
     else:
         stale = storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
-    retried: list[tuple[dict[str, Any], int]] = []
+    retried: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for trial_id in stale:
         t = storage.get_trial(trial_id)
         storage.set_trial_user_attr(trial_id, "error", "its search process died while it ran; "
@@ -155,14 +199,29 @@ def _fail_stale(study: optuna.Study, all_running_dead: bool) -> list[int]:
             storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another driver got there first
-        retried.append((t.params, t.number))
+        retried.append((t.params, _retry_attrs(t.number, t.user_attrs)))
     _requeue_first(study, retried, reorder=all_running_dead)
-    return [n for _, n in retried]
+    return [a["retry_of"] for _, a in retried]
 
 
-def _requeue_first(study: optuna.Study, plans: list[tuple[dict[str, Any], int]],
+def _seed_of(trial: optuna.trial.Trial) -> int:
+    """The trial number a trial's seed comes from: its own, or for a retry the first
+    attempt's."""
+    first = trial._cached_frozen_trial.user_attrs.get("seed_of")
+    return trial.number if first is None else int(first)
+
+
+def _retry_attrs(number: int, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The user attributes of the retry of trial ``number``: which trial it retries, and
+    whose seed it keeps (the first attempt's: a retried plan trains exactly as it would
+    have)."""
+    first = attrs.get("seed_of")
+    return {"retry_of": number, "seed_of": number if first is None else first}
+
+
+def _requeue_first(study: optuna.Study, plans: list[tuple[dict[str, Any], dict[str, Any]]],
                    reorder: bool) -> None:
-    """Enqueue ``plans`` ((parameters, number of the trial each retries)) to run before the
+    """Enqueue ``plans`` ((parameters, :func:`_retry_attrs`)) to run before the
     plans already waiting: they were running, so they come first, and a budget that ends
     before the queue does still retries them.
 
@@ -173,17 +232,19 @@ def _requeue_first(study: optuna.Study, plans: list[tuple[dict[str, Any], int]],
     shared study another driver could start a trial while it is rewritten, so there the
     retries wait at the end of the queue."""
     waiting = study.get_trials(deepcopy=False, states=[TrialState.WAITING])
-    for params, number in plans:
-        study.enqueue_trial(params, user_attrs={"retry_of": number})
+    for params, attrs in plans:
+        study.enqueue_trial(params, user_attrs=attrs)
     if not (reorder and plans and waiting):
         return
     storage = study._storage
-    order = [(params, number) for params, number in plans] + [
-        (w.system_attrs["fixed_params"], w.user_attrs.get("retry_of")) for w in waiting]
+    order = list(plans) + [
+        (w.system_attrs["fixed_params"],
+         {k: w.user_attrs.get(k) for k in ("retry_of", "seed_of")}) for w in waiting]
     slots = study.get_trials(deepcopy=False, states=[TrialState.WAITING])  # by number
-    for slot, (params, retry_of) in zip(slots, order, strict=True):
+    for slot, (params, attrs) in zip(slots, order, strict=True):
         storage.set_trial_system_attr(slot._trial_id, "fixed_params", params)
-        storage.set_trial_user_attr(slot._trial_id, "retry_of", retry_of)
+        for key in ("retry_of", "seed_of"):  # None clears what the slot held before
+            storage.set_trial_user_attr(slot._trial_id, key, attrs.get(key))
 
 
 def _counted(study: optuna.Study) -> int:
@@ -202,12 +263,16 @@ def resume(
     run_dir: str | Path,
     events: SearchEvents | None = None,
     trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_trial,
+    *,
+    trust_module: str | list[str] | None = None,
     **overrides: Any,
 ) -> SearchResult:
     """Continue the search in ``run_dir`` with its stored settings up to its trial budget.
 
     ``overrides`` may change only how it runs: ``trials`` (a new budget), ``address``,
-    ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``, ``storage``.
+    ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``, ``storage``. The stored
+    settings are data: a ``module:function`` model or data set in them runs only if
+    ``trust_module`` trusts its module.
     """
     bad = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if bad:
@@ -224,6 +289,9 @@ def resume(
         raise RunDirError(f"{run_dir} holds no slimtune search to resume; start one with "
                           f"`slimtune search --run-dir {run_dir}`")
     stored = dict(run.meta["config"])
+    trust = Trust.of(trust_module)
+    for key, what in (("model", "model"), ("data", "data set")):
+        check(str(stored.get(key)), what, trust, f"the study of {run_dir}")
     stored["run_dir"] = Path(run_dir)
     for key in ("data_dir", "checkpoint"):
         if stored.get(key):
@@ -231,7 +299,7 @@ def resume(
     stored["objectives"] = tuple(stored["objectives"])
     fields = set(SearchConfig.__dataclass_fields__)
     config = SearchConfig(**{k: v for k, v in {**stored, **overrides}.items() if k in fields})
-    return search(config, events, trial_fn, resume=True)
+    return search(config, events, trial_fn, resume=True, trust_module=trust_module)
 
 
 def search(
@@ -241,22 +309,30 @@ def search(
     *,
     resume: bool = False,
     initial_plans: Callable[[SearchSpace], list[CompressionPlan]] | None = None,
+    trust_module: str | list[str] | None = None,
 ) -> SearchResult:
     """Run a search of ``config.trials`` trials; with ``resume``, continue the one in
     ``config.run_dir`` up to that many (see :func:`resume`).
 
     ``trial_fn`` (tests and benchmarks) replaces the trial function run in each Ray task.
     ``initial_plans(space)``: plans of your own to run first (after the warm start's).
+    The model and data set ``config`` names are the caller's, so user code they name is
+    trusted; with ``resume`` they come from the study and only ``trust_module`` is.
     """
     import ray
 
     ev = events or SearchEvents()
     t_start = time.perf_counter()
     run_dir = config.resolved_run_dir
+    trust = Trust.of(trust_module)
+    named_by = f"the study of {run_dir}" if resume else None  # where the names come from
+    if not resume:
+        trust = trust.with_names(config.model, config.data)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
-    data = load_dataset(config.data, config.data_dir, config.subset, config.val_subset)
-    build_model(config.model, data.num_classes, data.input_shape)  # fail fast on a bad name
+    data = load_dataset(config.data, config.data_dir, config.subset, config.val_subset,
+                        trust=trust, source=named_by)
+    _check_model_runs(config, data, trust, named_by)
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise ConfigError(f"--checkpoint {config.checkpoint} does not exist")
     shared = config.storage is not None and not config.storage.startswith("sqlite:")
@@ -265,47 +341,55 @@ def search(
     cluster = RayCluster(config.address)
     lock: _RunLock | None = None
     try:
-        concurrency = cluster.max_concurrent(config.cpus_per_trial, config.gpus_per_trial)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "trials").mkdir(exist_ok=True)
-        lock = _RunLock(run_dir)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = create_study(run_dir, make_sampler(config.sampler, config.seed),
-                             config.metrics, config.directions, config.storage,
-                             config.study_name)
-        meta = study.user_attrs.get("slimtune")
-        if meta is not None and not resume:
-            raise RunDirError(f"the study `{config.study_name}` in --storage already holds a "
-                              f"search; join or continue it with `slimtune search --resume "
-                              f"{run_dir} --storage URL`")
-        if meta is not None:
-            _check_settings(run_dir, config, meta)
-        retried = _fail_stale(study, all_running_dead=not shared)
-        n_before = len(study.get_trials(deepcopy=False))
+        with _sigterm_as_interrupt() as signals:  # SIGTERM is handled as Ctrl-C
+            concurrency = cluster.max_concurrent(config.cpus_per_trial, config.gpus_per_trial)
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "trials").mkdir(exist_ok=True)
+                lock = _RunLock(run_dir)
+            except OSError as exc:
+                raise RunDirError(f"cannot write --run-dir {run_dir}: {exc.strerror or exc}"
+                                  ) from None
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study = create_study(run_dir, make_sampler(config.sampler, config.seed),
+                                 config.metrics, config.directions, config.storage,
+                                 config.study_name)
+            meta = study.user_attrs.get("slimtune")
+            if meta is not None and not resume:
+                raise RunDirError(
+                    f"the study `{config.study_name}` in --storage already holds a search; "
+                    f"join or continue it with `slimtune search --resume "
+                    f"{shlex.quote(str(run_dir))} --storage URL`")
+            if meta is not None:
+                _check_settings(run_dir, config, meta)
+            retried = _fail_stale(study, all_running_dead=not shared)
+            n_before = len(study.get_trials(deepcopy=False))
 
-        teacher, source = load_or_train_teacher(
-            run_dir / "teacher.pt", config.model, data,
-            TeacherConfig(epochs=config.resolved_teacher_epochs, seed=config.seed),
-            ev.teacher_epoch, data_name=config.data, subset=config.subset,
-            checkpoint=config.checkpoint, on_step=ev.teacher_step,
-            device="cuda" if torch.cuda.is_available() else "cpu",
-        )
-        space = SearchSpace.from_model(teacher, data.input_shape, config.pruning)
-        teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
-        meta = study.user_attrs.get("slimtune")
-        if meta is None:
-            meta = _begin_study(config, study, space, teacher, data, teacher_ref, concurrency,
-                                ev, source, initial_plans)
-        elif ev.teacher_ready:
-            ev.teacher_ready(meta["teacher"], source)
-        # the warm start is the genetic samplers' first generation; Optuna keeps no sampler
-        # state, so a resumed run reseeds (the same seed would replay the same draws)
-        population = meta.get("population", len(space.uniform_levels()) if config.warm_start
-                              else None)
-        study.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before, population)
-        run = Run(dir=run_dir, study=study)
-        counts = _loop(config, run, space, teacher_ref, concurrency, ev, trial_fn, shared,
-                       retried)
+            teacher, source = load_or_train_teacher(
+                run_dir / "teacher.pt", config.model, data,
+                TeacherConfig(epochs=config.resolved_teacher_epochs, seed=config.seed),
+                ev.teacher_epoch, data_name=config.data, subset=config.subset,
+                checkpoint=config.checkpoint, on_step=ev.teacher_step,
+                device="cuda" if torch.cuda.is_available() else "cpu", trust=trust,
+                source=named_by,
+            )
+            space = SearchSpace.from_model(teacher, data.input_shape, config.pruning)
+            teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
+            meta = study.user_attrs.get("slimtune")
+            if meta is None:
+                meta = _begin_study(config, study, space, teacher, data, teacher_ref,
+                                    concurrency, ev, source, initial_plans, trust)
+            elif ev.teacher_ready:
+                ev.teacher_ready(meta["teacher"], source)
+            # the warm start is the genetic samplers' first generation; Optuna keeps no
+            # sampler state, so a resumed run reseeds (the same seed would replay the draws)
+            population = meta.get("population", len(space.uniform_levels())
+                                  if config.warm_start else None)
+            study.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before,
+                                         population)
+            run = Run(dir=run_dir, study=study)
+            counts = _loop(config, run, space, teacher_ref, concurrency, ev, trial_fn, shared,
+                           retried, trust, signals)
     finally:
         if lock is not None:
             lock.release()
@@ -314,17 +398,41 @@ def search(
                         seconds=time.perf_counter() - t_start)
 
 
+def _check_model_runs(config: SearchConfig, data: Any, trust: Trust,
+                      named_by: str | None) -> None:
+    """Build the model and run a batch of two examples through it before anything else, so
+    a model that cannot take the data (``torchvision:vit_b_16`` on 8 x 8 digits) fails now
+    in one line, not after the teacher's training."""
+    model = build_model(config.model, data.num_classes, data.input_shape, trust=trust,
+                        source=named_by)
+    x = data.x_train[:2]
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:  # noqa: BLE001 - any failure: the pair does not fit
+        raise ConfigError(f"--model {config.model} cannot take `{config.data}` inputs of shape "
+                          f"{tuple(x.shape[1:])}: {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), data.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"--model {config.model} must return logits of shape (batch, "
+                          f"{data.num_classes}) on `{config.data}`, but returned {got}")
+
+
 def _begin_study(
     config: SearchConfig, study: optuna.Study, space: SearchSpace, teacher: torch.nn.Module,
     data: Any, teacher_ref: Any, concurrency: int, ev: SearchEvents, source: str,
-    initial_plans: Callable[[SearchSpace], list[CompressionPlan]] | None,
+    initial_plans: Callable[[SearchSpace], list[CompressionPlan]] | None, trust: Trust,
 ) -> dict[str, Any]:
     """A new study: measure the teacher, run the sensitivity pass, store the run's metadata
-    and enqueue the warm start (uniform plans, then guided ones, then ``initial_plans``)."""
+    and enqueue the warm start (uniform plans, then guided ones, then ``initial_plans``).
+    A sensitivity pass that fails costs only the guided plans (a warning says why)."""
     meta: dict[str, Any] = {
         "version": __version__,
         "config": config.to_dict(),
-        "teacher": _teacher_metrics(teacher, config.model, data, "latency" in config.objectives),
+        "teacher": _teacher_metrics(teacher, config.model, data, "latency" in config.objectives,
+                                    trust),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "layers": list(space.layers),
@@ -334,13 +442,22 @@ def _begin_study(
     first = warm_start_plans(space) if config.warm_start else []
     if config.warm_start and config.guided:
         t0 = time.perf_counter()
-        sens = _sensitivity(config, space, teacher, data, meta["teacher"], teacher_ref,
-                            concurrency, ev)
-        meta["sensitivity"] = sens.to_dict()
-        n_uniform = len(first)
-        first = _distinct(space, first + guided_plans(sens, space))
-        if ev.guided:
-            ev.guided(time.perf_counter() - t0, len(first) - n_uniform)
+        try:
+            sens = _sensitivity(config, space, teacher, data, meta["teacher"], teacher_ref,
+                                concurrency, ev, trust)
+            guided = guided_plans(sens, space)
+        except Exception as exc:  # noqa: BLE001 - like a failed trial, it ends nothing
+            cause = getattr(exc, "cause", None) or exc
+            meta["sensitivity_error"] = f"{type(cause).__name__}: {cause}"[:2000]
+            if ev.warning:
+                ev.warning(f"the sensitivity pass failed ({meta['sensitivity_error'][:300]}); "
+                           "the search goes on without guided plans")
+        else:
+            meta["sensitivity"] = sens.to_dict()
+            n_uniform = len(first)
+            first = _distinct(space, first + guided)
+            if ev.guided:
+                ev.guided(time.perf_counter() - t0, len(first) - n_uniform)
     meta["population"] = len(first) or None  # the genetic samplers' first generation
     study.set_user_attr("slimtune", meta)
     first += initial_plans(space) if initial_plans else []
@@ -368,6 +485,7 @@ def _feasible(t: optuna.trial.FrozenTrial) -> bool:
 def _sensitivity(
     config: SearchConfig, space: SearchSpace, teacher: torch.nn.Module, data: Any,
     teacher_metrics: dict[str, Any], teacher_ref: Any, concurrency: int, ev: SearchEvents,
+    trust: Trust,
 ) -> Sensitivity:
     """The one-shot sensitivity pass (search/guided.py) as Ray tasks with the trials'
     resources, the layers dealt round-robin to ``concurrency`` tasks."""
@@ -384,7 +502,7 @@ def _sensitivity(
                        data_dir=str(config.data_dir) if config.data_dir else None,
                        subset=config.subset, val_subset=config.val_subset,
                        threads=max(1, math.floor(config.cpus_per_trial)),
-                       gpu_fraction=config.gpus_per_trial)
+                       gpu_fraction=config.gpus_per_trial, trust=tuple(trust.to_list()))
              for i in range(n_tasks)]
     return measure_sensitivity(teacher, space, data.input_shape,
                                int(teacher_metrics["size_bytes"]),
@@ -407,7 +525,7 @@ def _loop(
     config: SearchConfig, run: Run, space: SearchSpace, teacher_ref: Any,
     concurrency: int, ev: SearchEvents,
     trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]],
-    shared: bool, retried: list[int],
+    shared: bool, retried: list[int], trust: Trust, signals: _Signals,
 ) -> dict[str, Any]:
     import ray
 
@@ -471,13 +589,13 @@ def _loop(
                 spec = TrialSpec(
                     model=config.model, data=config.data, plan=plan.to_dict(),
                     epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
-                    seed=config.seed * 100003 + trial.number, threads=threads,
+                    seed=config.seed * 100003 + _seed_of(trial), threads=threads,
                     gpu_fraction=config.gpus_per_trial,
                     latency="latency" in config.objectives,
                     data_dir=str(config.data_dir) if config.data_dir else None,
                     subset=config.subset, val_subset=config.val_subset,
                     max_size=config.max_size,
-                    max_flops=config.max_flops, front=front,
+                    max_flops=config.max_flops, front=front, trust=tuple(trust.to_list()),
                     # warm-start plans always train to the end: they are the reference the
                     # search must beat, and a genetic sampler's first generation
                     early_stop=config.early_stop and not enqueued,
@@ -514,15 +632,40 @@ def _loop(
                         f"{counts['failed']} trials failed (--max-failures "
                         f"{config.max_failures}); the last: {last}"
                     )
-    except KeyboardInterrupt:
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a full disk: no trial is left RUNNING
         if asking is not None:
             pending[None] = asking
-        _abandon(study, pending, "interrupted by the user (SIGINT); retried on resume",
-                 reorder=not shared)
-        raise
+        if signals.terminated:
+            why = "the search was terminated (SIGTERM)"
+        elif isinstance(exc, KeyboardInterrupt):
+            why = "interrupted by the user (SIGINT)"
+        else:
+            why = f"the search stopped: {type(exc).__name__}: {exc}"[:500]
+        try:
+            _abandon(study, pending, f"{why}; retried on resume", reorder=not shared)
+        except Exception:  # noqa: BLE001 - the storage itself failed: resume repairs it
+            pass
+        err = _user_error(exc)
+        if err is exc:
+            raise
+        raise err from None
     finally:  # once, not per trial: every storage write costs a commit
         study.set_user_attr("hypervolume", counts["hypervolume"])
     return counts
+
+
+def _user_error(exc: BaseException) -> BaseException:
+    """A full disk or a storage failure during a search as one :class:`SlimtuneError`
+    line; anything else unchanged."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, OSError):
+        name = f" {exc.filename}" if exc.filename else ""
+        return OutputError(f"cannot write{name}: {exc.strerror or exc}")
+    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
+        cause = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
+        return RunDirError(f"cannot write the study: {cause}")
+    return exc
 
 
 def _join_generation(study: optuna.Study, trial: optuna.trial.Trial) -> None:
@@ -581,7 +724,7 @@ def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason
     plans are enqueued again, first in the queue (see :func:`_requeue_first`)."""
     import ray
 
-    retried: list[tuple[dict[str, Any], int]] = []
+    retried: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for ref, trial in pending.items():
         if ref is not None:
             ray.cancel(ref, force=True)
@@ -591,7 +734,8 @@ def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason
             study.tell(trial, state=TrialState.FAIL)
         except (RuntimeError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # told just before the interrupt: it finished
-        retried.append((trial.params, trial.number))
+        retried.append((trial.params, _retry_attrs(
+            trial.number, trial._cached_frozen_trial.user_attrs)))
     pending.clear()
     _requeue_first(study, retried, reorder)
 
@@ -694,7 +838,7 @@ def _finish(
     if config.storage is not None:
         attrs["host"] = socket.gethostname()  # where its artifact is
     for key in (*_METRICS, "curve", "dominated_by", "dominator_accuracy", "ran", "threads",
-                "device"):
+                "device", "seed"):
         if key in out:
             attrs["val_accuracy" if key == "accuracy" else key] = out[key]
     if status == "pruned":

@@ -290,6 +290,7 @@ class ProbeSpec:
     val_subset: int | None = None
     threads: int = 1
     gpu_fraction: float = 0.0
+    trust: tuple[str, ...] = ()  # user modules the search trusts
 
 
 def probe_task(spec: ProbeSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -298,10 +299,14 @@ def probe_task(spec: ProbeSpec, teacher_state: dict[str, torch.Tensor]) -> dict[
     from slimtune.data.datasets import load_dataset
     from slimtune.models.zoo import build_model
     from slimtune.search.trial import worker_device
+    from slimtune.trust import Trust
 
     device = worker_device(spec.threads, spec.gpu_fraction)
-    data = load_dataset(spec.data, spec.data_dir, spec.subset, spec.val_subset)
-    teacher = build_model(spec.model, data.num_classes, data.input_shape)
+    trust, named_by = Trust.of(spec.trust), "the search's settings"
+    data = load_dataset(spec.data, spec.data_dir, spec.subset, spec.val_subset, trust=trust,
+                        source=named_by)
+    teacher = build_model(spec.model, data.num_classes, data.input_shape, trust=trust,
+                          source=named_by)
     teacher.load_state_dict(teacher_state)
     teacher.to(device).eval()
     space = SearchSpace.from_model(teacher, data.input_shape, spec.pruning)

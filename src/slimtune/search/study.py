@@ -5,6 +5,8 @@ the database of ``--storage URL``), so the study opens with the plain Optuna API
 
     optuna.load_study(study_name="slimtune", storage="sqlite:///<run_dir>/study.db")
 
+(``storage_url(run_dir)`` builds that URL for any path; ``open_run`` reads it read-only.)
+
 Study user attributes: ``slimtune`` (config, teacher metrics, input shape, layers).
 Trial user attributes: ``plan``, ``val_accuracy``, ``size_bytes``, ``flops`` (effective
 MACs), ``dense_flops``, ``bitops``, ``latency_ms`` (when measured), ``seconds``, and
@@ -27,6 +29,8 @@ from typing import Any
 import optuna
 
 from slimtune.errors import RunDirError
+from slimtune.search import storage as _storage
+from slimtune.search.storage import DB_NAME, storage_url
 
 __all__ = [
     "STUDY_NAME", "DB_NAME", "OBJECTIVES", "DIRECTIONS", "Run", "storage_url", "create_study",
@@ -35,7 +39,6 @@ __all__ = [
 ]
 
 STUDY_NAME = "slimtune"
-DB_NAME = "study.db"
 OBJECTIVES = ("accuracy", "size_bytes", "flops")
 DIRECTIONS = ("maximize", "minimize", "minimize")
 
@@ -46,54 +49,16 @@ HEARTBEAT_INTERVAL = 20
 HEARTBEAT_GRACE = 60
 
 
-def storage_url(run_dir: Path) -> str:
-    return f"sqlite:///{(Path(run_dir) / DB_NAME).resolve()}"
-
-
-def open_storage(run_dir: Path, url: str | None = None) -> optuna.storages.BaseStorage:
+def open_storage(run_dir: Path, url: str | None = None, *,
+                 read_only: bool = False) -> optuna.storages.BaseStorage:
     """SQLite in ``run_dir`` (one driver), or the shared database at ``url`` (drivers on
-    many machines; their running trials send heartbeats so a dead one's can be retried)."""
-    if url is None:
-        return _sqlite_storage(storage_url(run_dir))
-    if url.startswith("sqlite:"):
-        return _sqlite_storage(url)
-    try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE,
-            engine_kwargs={"pool_pre_ping": True},
-        )
-    except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, a refused connection
-        raise RunDirError(f"cannot open --storage {_redact(url)}: "
-                          f"{type(exc).__name__}: {exc}") from None
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return "<the given URL>"
-
-
-def _sqlite_storage(url: str) -> optuna.storages.BaseStorage:
-    """Optuna's RDB storage on SQLite in WAL mode with ``synchronous=NORMAL``: a commit
-    no longer waits for an fsync (about 30 commits a trial), and a killed process still
-    loses nothing it committed; only an OS crash can lose the last transactions."""
-    from sqlalchemy import event
-
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-
-    def pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    event.listen(storage.engine, "connect", pragmas)
-    storage.engine.dispose()  # connections opened before the listener: reopen with it
-    return storage
+    many machines; their running trials send heartbeats so a dead one's can be retried).
+    ``read_only``: for reading a run (creates and changes no file). A study file that is
+    not a readable Optuna study is one :class:`RunDirError` (see
+    :mod:`slimtune.search.storage`)."""
+    return _storage.open_storage(run_dir, url, read_only=read_only,
+                                 heartbeat_interval=HEARTBEAT_INTERVAL,
+                                 grace_period=HEARTBEAT_GRACE)
 
 
 #: population of the genetic samplers when no warm start sets it
@@ -178,24 +143,80 @@ class Run:
 
 def open_run(
     run_dir: str | Path, sampler: optuna.samplers.BaseSampler | None = None,
-    storage: str | None = None, study_name: str = STUDY_NAME,
+    storage: str | None = None, study_name: str = STUDY_NAME, *, read_only: bool = True,
 ) -> Run:
-    """Open a finished or running slimtune run; :class:`RunDirError` if it is not one."""
+    """Open a finished or running slimtune run; :class:`RunDirError` if it is not one.
+
+    ``read_only`` (the default: ``front``, ``export``, the report, reading the settings to
+    resume): the study is opened read-only and the run directory is left exactly as it
+    was, so a run on a read-only share opens too. Searches write through
+    :func:`create_study`.
+    """
     d = Path(run_dir)
     if not d.is_dir():
         raise RunDirError(f"{d} is not a directory; give the --run-dir of a slimtune search")
-    if storage is None and not (d / DB_NAME).is_file():
+    db = d / DB_NAME
+    if storage is None and not db.is_file():
         raise RunDirError(f"{d} is not a slimtune run (no {DB_NAME}; if its search used "
                           "--storage, give the same --storage URL); run `slimtune search` first")
+    where = str(db) if storage is None else f"--storage {_storage._redact(storage)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_storage(d, storage, read_only=read_only)
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(d, storage),
-                                  sampler=sampler)
-    except Exception as exc:  # noqa: BLE001 - a missing study, a foreign database
-        raise RunDirError(f"{d} is not a slimtune run: {exc}") from None
-    if "slimtune" not in study.user_attrs or "teacher" not in study.user_attrs["slimtune"]:
+        study = optuna.load_study(study_name=study_name, storage=st, sampler=sampler)
+    except KeyError:
+        names = sorted(s.study_name for s in st.get_all_studies())
+        held = f"it holds {', '.join(f'`{n}`' for n in names)}" if names else "it holds none"
+        raise RunDirError(f"{where} holds no study `{study_name}` ({held}): not a slimtune run; "
+                          "give the run directory (and --study-name) of a search") from None
+    except Exception as exc:  # noqa: BLE001 - a foreign or broken database
+        raise RunDirError(f"{where} is not a readable slimtune run: "
+                          f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    meta = study.user_attrs.get("slimtune")
+    if meta is None or (isinstance(meta, dict) and "teacher" not in meta):
         raise RunDirError(f"{d} is not a finished slimtune run (no teacher metrics in its study)")
+    check_meta(meta, where)
     return Run(dir=d, study=study)
+
+
+_NUMBER = (int, float)
+
+
+def check_meta(meta: Any, where: str) -> None:
+    """The shape of a study's ``slimtune`` attribute, as far as ``front``, ``export`` and
+    ``--resume`` read it (a crafted study fails here, not with a KeyError later). Only
+    shapes: which model and data names may be used is :mod:`slimtune.trust`'s decision."""
+    def bad(field: str, want: str) -> RunDirError:
+        return RunDirError(f"{where} is not a valid slimtune run: its study's `slimtune` "
+                           f"attribute needs {field} {want}; give the run directory of a "
+                           "search that slimtune wrote")
+
+    def kind(value: Any, types: tuple[type, ...], optional: bool) -> bool:
+        if value is None:
+            return optional
+        return isinstance(value, types) and not isinstance(value, bool)
+
+    if not isinstance(meta, dict):
+        raise bad("to be", "a JSON object")
+    cfg, teacher = meta.get("config"), meta.get("teacher")
+    if not isinstance(cfg, dict):
+        raise bad("`config`", "as an object")
+    if not isinstance(teacher, dict):
+        raise bad("`teacher`", "as an object")
+    for key, types, optional in (("data", (str,), False), ("model", (str,), False),
+                                 ("data_dir", (str,), True), ("checkpoint", (str,), True),
+                                 ("subset", (int,), True), ("val_subset", (int,), True)):
+        if not kind(cfg.get(key), types, optional):
+            raise bad(f"`config.{key}`", "as a string" if types == (str,) else "as an integer")
+    objectives = cfg.get("objectives", [])
+    if not isinstance(objectives, list) or not all(isinstance(o, str) for o in objectives):
+        raise bad("`config.objectives`", "as a list of strings")
+    for key in ("accuracy", "test_accuracy", "size_bytes", "flops"):
+        if not kind(teacher.get(key), _NUMBER, False):
+            raise bad(f"`teacher.{key}`", "as a number")
+    for key in ("dense_flops", "bitops", "latency_ms"):
+        if not kind(teacher.get(key), _NUMBER, True):
+            raise bad(f"`teacher.{key}`", "as a number")
 
 
 def most_at_once(trials: Iterable[optuna.trial.FrozenTrial]) -> int:

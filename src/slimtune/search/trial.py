@@ -24,6 +24,7 @@ from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.flops import count_flops
 from slimtune.objectives.latency import latency_ms
 from slimtune.spaces.plan import CompressionPlan
+from slimtune.trust import NO_TRUST, Trust
 
 __all__ = ["TrialSpec", "run_trial", "measure", "cost", "early_stop_margin", "dominator",
            "worker_device"]
@@ -49,6 +50,8 @@ class TrialSpec:
     early_stop: bool = True
     #: (trial number, size_bytes, flops, val accuracy) of finished feasible trials
     front: tuple[tuple[int, int, int, float], ...] = ()
+    #: user modules the search trusts (its model and data set may be user code)
+    trust: tuple[str, ...] = ()
 
 
 def early_stop_margin(epoch: int, epochs: int) -> float:
@@ -80,11 +83,12 @@ class _Stop(Exception):
 
 def cost(
     student: torch.nn.Module, model_name: str, num_classes: int,
-    input_shape: tuple[int, ...], plan: CompressionPlan,
+    input_shape: tuple[int, ...], plan: CompressionPlan, trust: Trust = NO_TRUST,
 ) -> tuple[bytes, torch.nn.Module, Any]:
-    """The artifact of ``student``, the model decoded from it, and its FLOPs report."""
+    """The artifact of ``student``, the model decoded from it, and its FLOPs report
+    (``trust``: the search's, for a user model)."""
     blob = encode(student, model_name, num_classes, input_shape, plan)
-    exported, header = decode(blob)
+    exported, header = decode(blob, trust=trust, source="the search's settings")
     return blob, exported, count_flops(exported, input_shape,
                                        stored_weights(exported, header.plan))
 
@@ -100,6 +104,7 @@ def measure(
     *,
     latency_device: torch.device | str | None = None,
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    trust: Trust = NO_TRUST,
 ) -> dict[str, Any]:
     """Export ``student`` and measure the artifact itself: the numbers a user will get.
 
@@ -107,7 +112,7 @@ def measure(
     reported beside it. With ``latency_device``, also ``latency_ms`` there; with ``test``
     (reports only, never the search), also ``test_accuracy``.
     """
-    blob, exported, report = cost(student, model_name, num_classes, input_shape, plan)
+    blob, exported, report = cost(student, model_name, num_classes, input_shape, plan, trust)
     out: dict[str, Any] = {
         "accuracy": accuracy(exported, x_val, y_val),
         "size_bytes": len(blob),
@@ -142,17 +147,21 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     began = time.time()
     device = worker_device(spec.threads, spec.gpu_fraction)
     torch.manual_seed(spec.seed)
-    where = {"threads": torch.get_num_threads(), "device": str(device)}  # as it ran
-    data = load_dataset(spec.data, spec.data_dir, spec.subset, spec.val_subset)
+    where = {"threads": torch.get_num_threads(), "device": str(device),  # as it ran
+             "seed": spec.seed}
+    trust, named_by = Trust.of(spec.trust), "the search's settings"
+    data = load_dataset(spec.data, spec.data_dir, spec.subset, spec.val_subset, trust=trust,
+                        source=named_by)
     train = data.to(device)
-    teacher = build_model(spec.model, data.num_classes, data.input_shape)
+    teacher = build_model(spec.model, data.num_classes, data.input_shape, trust=trust,
+                          source=named_by)
     teacher.load_state_dict(teacher_state)
     teacher.to(device).eval()
     plan = CompressionPlan.from_dict(spec.plan)
     student = apply(teacher, plan, data.input_shape)
 
     blob, untrained, report = cost(student, spec.model, data.num_classes, data.input_shape,
-                                   plan)
+                                   plan, trust)
     size = len(blob)
     if (spec.max_size is not None and size > spec.max_size) or (
         spec.max_flops is not None and report.effective > spec.max_flops
@@ -198,7 +207,8 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
             "ran": [began, time.time()], **where,
         }
     out = measure(student, spec.model, data.num_classes, data.input_shape, plan,
-                  data.x_val, data.y_val, latency_device=device if spec.latency else None)
+                  data.x_val, data.y_val, latency_device=device if spec.latency else None,
+                  trust=trust)
     out.update(status="complete", epochs_trained=spec.epochs, curve=curve,
                seconds=time.perf_counter() - t0, ran=[began, time.time()], **where)
     return out

@@ -116,6 +116,10 @@ def figure(info: FrontInfo):  # type: ignore[no-untyped-def]
 
 def write_html(info: FrontInfo, path: str | Path | None = None) -> Path:
     """Write the interactive front (plotly.js inlined, so it opens offline)."""
+    from slimtune.files import write_atomic
+
     out = Path(path) if path else info.run_dir / "pareto.html"
-    figure(info).write_html(out, include_plotlyjs=True, full_html=True)
+    fig = figure(info)
+    write_atomic(out, b"", "the plot", writer=lambda tmp: fig.write_html(
+        tmp, include_plotlyjs=True, full_html=True))
     return out
