@@ -68,6 +68,43 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300,
     return _run([sys.executable, "-c", code, *args], cwd, timeout, env)
 
 
+_MANY = r"""
+import contextlib, io, json, resource, sys
+from slimtune.cli import main
+out, runs = sys.argv[1], json.loads(sys.argv[2])
+results = []
+for args in runs:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            main(args)
+            rc = 0
+        except SystemExit as exc:
+            rc = exc.code if isinstance(exc.code, int) else 1
+        except BaseException as exc:  # a traceback: report it as the CLI would show it
+            import traceback
+            traceback.print_exc(file=stderr)
+            rc = 1
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # so far: an upper bound
+    results.append({"rc": rc, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
+                    "peak_mb": peak_kb / 1024})
+with open(out, "w") as f:
+    json.dump(results, f)
+"""
+
+
+def run_cli_many(runs: list[list[str]], cwd: Path, timeout: float = 600) -> list[Result]:
+    """``slimtune ARGS`` for each of ``runs``, one after the other in one child process
+    (one start of Python and torch instead of one each). Each result's ``peak_mb`` is the
+    process's peak so far: an upper bound of that run's own peak."""
+    report = Path(cwd) / ".hostile-many.json"
+    subprocess.run([sys.executable, "-c", _MANY, str(report), json.dumps(runs)], cwd=cwd,
+                   timeout=timeout, check=True)
+    docs = json.loads(report.read_text())
+    report.unlink()
+    return [Result(**d) for d in docs]
+
+
 def _run(cmd: list[str], cwd: Path, timeout: float, env: dict[str, str] | None) -> Result:
     report = Path(cwd) / ".hostile-report.json"
     full_env = {**os.environ, **(env or {})}

@@ -25,7 +25,7 @@ from slimtune.models.zoo import build_model
 from slimtune.search import SearchConfig
 from slimtune.search.engine import search
 from slimtune.spaces.plan import CompressionPlan, LayerPlan
-from tests.hostile import run_cli, run_python
+from tests.hostile import run_cli, run_cli_many, run_python
 
 SHAPE = (1, 8, 8)
 MARKER = "MARKER"
@@ -85,21 +85,24 @@ def _no_code_ran(d: Path) -> None:
 
 
 # -- artifacts --------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["os:getcwd", "tempfile:mkdtemp", "sys:exit",
-                                  "mymodule:factory"])
-def test_an_artifact_naming_code_is_refused_before_anything_is_imported(work, name):
-    (work / "m.slim").write_bytes(_artifact(header=_header(model=name)))
+NAMED_CODE = ["os:getcwd", "tempfile:mkdtemp", "sys:exit", "mymodule:factory"]
+
+
+def test_an_artifact_naming_code_is_refused_before_anything_is_imported(work):
+    for i, name in enumerate(NAMED_CODE):
+        (work / f"m{i}.slim").write_bytes(_artifact(header=_header(model=name)))
     before = _files(work)
-    module = name.partition(":")[0]
-    line = run_cli(["eval", "m.slim"], work).assert_refused(
-        f"`{name}`", f"--trust-module {module}")
-    assert "refused" in line
+    results = run_cli_many([["eval", f"m{i}.slim"] for i in range(len(NAMED_CODE))], work)
+    for name, r in zip(NAMED_CODE, results, strict=True):
+        line = r.assert_refused(f"`{name}`", f"--trust-module {name.partition(':')[0]}")
+        assert "refused" in line
     # the same through the Python API a notebook uses
-    r = run_python("import slimtune, sys\n"
-                   "try:\n    slimtune.load('m.slim')\n"
-                   "except slimtune.SlimtuneError as e:\n"
-                   "    print(type(e).__name__); sys.exit(2)\n", work)
-    assert r.rc == 2 and r.stdout.strip() == "UntrustedCodeError", r.stderr
+    r = run_python("import slimtune\n"
+                   f"for i in range({len(NAMED_CODE)}):\n"
+                   "    try:\n        slimtune.load(f'm{i}.slim')\n"
+                   "    except slimtune.SlimtuneError as e:\n"
+                   "        print(type(e).__name__)\n", work)
+    assert r.rc == 0 and r.stdout.split() == ["UntrustedCodeError"] * len(NAMED_CODE), r.stderr
     _no_code_ran(work)
     assert _files(work) == before
 
@@ -131,7 +134,7 @@ def test_a_trusted_module_loads_and_an_architecture_can_be_passed_instead(work, 
     assert Trust.of("pkg").allows("pkg.models") and not Trust.of("pkg").allows("pkg2")
 
 
-@pytest.mark.parametrize("case, header, words", [
+HOSTILE_HEADERS = [  # (what, header, words the one line must hold)
     ("ten million classes", _header(num_classes=10**7), ["num_classes"]),
     ("classes the file cannot hold", _header(num_classes=100_000), ["weights, more than"]),
     ("a 2000 x 2000 input with channel pruning",
@@ -149,11 +152,18 @@ def test_a_trusted_module_loads_and_an_architecture_can_be_passed_instead(work, 
      ["cannot take inputs"]),
     ("a boolean class count", _header(num_classes=True), ["num_classes"]),
     ("a bad bit-width", _header(layers={"features.0": {"bits": 1}}), ["bits"]),
-])
-def test_hostile_headers_are_refused_in_one_line_with_bounded_memory(work, case, header, words):
-    (work / "m.slim").write_bytes(_artifact(b"\0" * 4096, header=header))
+]
+
+
+def test_hostile_headers_are_refused_in_one_line_with_bounded_memory(work):
+    for i, (_, header, _) in enumerate(HOSTILE_HEADERS):
+        (work / f"m{i}.slim").write_bytes(_artifact(b"\0" * 4096, header=header))
     before = _files(work)
-    run_cli(["eval", "m.slim"], work).assert_refused(*words)
+    results = run_cli_many([["eval", f"m{i}.slim"] for i in range(len(HOSTILE_HEADERS))],
+                           work)
+    for (case, _, words), r in zip(HOSTILE_HEADERS, results, strict=True):
+        assert r.rc == 2, case
+        r.assert_refused(*words)
     assert _files(work) == before
 
 
@@ -163,29 +173,21 @@ def _write_sparse(path: Path, head: bytes, size: int) -> None:
         f.truncate(size)  # a hole: 3 GB on paper, nothing on disk
 
 
-@pytest.mark.parametrize("case", ["zlib bomb", "json nesting", "3 GB not ours",
-                                  "3 GB with a small header", "header longer than allowed"])
-def test_bombs_and_huge_files_are_refused_before_they_are_read(work, case):
-    path = work / "m.slim"
-    if case == "zlib bomb":  # 1 MB of zlib that inflates to 1 GB
-        bomb = zlib.compressobj(9)
-        raw = b"".join(bomb.compress(b" " * (1 << 20)) for _ in range(1024)) + bomb.flush()
-        path.write_bytes(_artifact(raw_header=raw))
-        words = ["inflates to more than"]
-    elif case == "json nesting":
-        path.write_bytes(_artifact(raw_header=zlib.compress(b"[" * 2_000_000)))
-        words = ["not JSON"]
-    elif case == "3 GB not ours":
-        _write_sparse(path, b"PK\3\4", 3 << 30)
-        words = ["bad magic"]
-    elif case == "3 GB with a small header":
-        hbytes = zlib.compress(json.dumps(_header()).encode())
-        _write_sparse(path, PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes)) + hbytes, 3 << 30)
-        words = ["longer than"]
-    else:
-        path.write_bytes(PREFIX.pack(MAGIC, FORMAT_VERSION, 1 << 30) + b"\0" * 100)
-        words = ["claims"]
-    run_cli(["eval", "m.slim"], work).assert_refused(*words)
+def test_bombs_and_huge_files_are_refused_before_they_are_read(work):
+    bomb = zlib.compressobj(9)  # 1 MB of zlib that inflates to 1 GB
+    raw = b"".join(bomb.compress(b" " * (1 << 20)) for _ in range(1024)) + bomb.flush()
+    (work / "zlib.slim").write_bytes(_artifact(raw_header=raw))
+    (work / "nested.slim").write_bytes(_artifact(raw_header=zlib.compress(b"[" * 2_000_000)))
+    _write_sparse(work / "zip.slim", b"PK\3\4", 3 << 30)  # 3 GB, not ours
+    hbytes = zlib.compress(json.dumps(_header()).encode())
+    _write_sparse(work / "long.slim", PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes)) + hbytes,
+                  3 << 30)  # 3 GB behind a small valid header
+    (work / "claims.slim").write_bytes(PREFIX.pack(MAGIC, FORMAT_VERSION, 1 << 30) + b"\0" * 99)
+    cases = {"zlib": ["inflates to more than"], "nested": ["not JSON"], "zip": ["bad magic"],
+             "long": ["longer than"], "claims": ["claims"]}
+    results = run_cli_many([["eval", f"{c}.slim"] for c in cases], work)
+    for words, r in zip(cases.values(), results, strict=True):
+        r.assert_refused(*words)
 
 
 def test_non_finite_values_are_refused():
@@ -200,30 +202,31 @@ def test_non_finite_values_are_refused():
 # -- model cards ------------------------------------------------------------------------
 def test_a_model_card_never_runs_code(work):
     (work / "m.slim").write_bytes(_real_artifact())
-    card = work / "m.json"
-    card.write_text(json.dumps({"dataset": "os:system", "data_dir": f"touch {MARKER}-shell"}))
+    (work / "n.slim").write_bytes(_real_artifact())
+    (work / "m.json").write_text(json.dumps({"dataset": "os:system",
+                                             "data_dir": f"touch {MARKER}-shell"}))
+    (work / "n.json").write_text(json.dumps({"dataset": "mymodule:data"}))
     before = _files(work)
-    run_cli(["eval", "m.slim"], work).assert_refused("the model card", "`os:system`",
-                                                     "--trust-module os")
-    card.write_text(json.dumps({"dataset": "mymodule:data"}))
-    run_cli(["eval", "m.slim"], work).assert_refused("`mymodule:data`")
+    shell, mine, given = run_cli_many([["eval", "m.slim"], ["eval", "n.slim"],
+                                       ["eval", "m.slim", "--data", "digits"]], work)
+    shell.assert_refused("the model card", "`os:system`", "--trust-module os")
+    mine.assert_refused("`mymodule:data`", "--trust-module mymodule")
     _no_code_ran(work)
     assert _files(work) == before
     # a data set the caller names on the command line is the caller's choice
-    r = run_cli(["eval", "m.slim", "--data", "digits"], work)
-    assert r.rc == 0 and "examples" in r.stdout, r.stderr
+    assert given.rc == 0 and "examples" in given.stdout, given.stderr
 
 
-@pytest.mark.parametrize("content, words", [
-    (b"{not json", ["not JSON"]),
-    (b"[1, 2]", ["not a JSON object"]),
-    (json.dumps({"dataset": 3}).encode(), ["`dataset`"]),
-    (b" " * (2 << 20), ["larger than"]),
-])
-def test_a_broken_model_card_is_one_line(work, content, words):
-    (work / "m.slim").write_bytes(_real_artifact())
-    (work / "m.json").write_bytes(content)
-    run_cli(["eval", "m.slim"], work).assert_refused(*words)
+def test_a_broken_model_card_is_one_line(work):
+    cards = [(b"{not json", ["not JSON"]), (b"[1, 2]", ["not a JSON object"]),
+             (json.dumps({"dataset": 3}).encode(), ["`dataset`"]),
+             (b" " * (2 << 20), ["larger than"])]
+    for i, (content, _) in enumerate(cards):
+        (work / f"m{i}.slim").write_bytes(_real_artifact())
+        (work / f"m{i}.json").write_bytes(content)
+    results = run_cli_many([["eval", f"m{i}.slim"] for i in range(len(cards))], work)
+    for (_, words), r in zip(cards, results, strict=True):
+        r.assert_refused(*words)
 
 
 # -- run directories and studies --------------------------------------------------------
@@ -257,19 +260,18 @@ def _edit_config(run_dir: Path, **changes) -> None:
     study.set_user_attr("slimtune", meta)
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"data": "os:system", "data_dir": f"touch {MARKER}-shell"}, ["`os:system`"]),
-    ({"model": "mymodule:factory"}, ["`mymodule:factory`", "--trust-module mymodule"]),
-])
-def test_a_study_naming_code_runs_nothing_on_export_or_resume(finished_run, work, changes,
-                                                               words):
-    run_dir, trial = _copy_run(finished_run, work / "run")
-    _edit_config(run_dir, **changes)
+def test_a_study_naming_code_runs_nothing_on_export_or_resume(finished_run, work):
+    data_run, trial = _copy_run(finished_run, work / "data")
+    _edit_config(data_run, data="os:system", data_dir=f"touch {MARKER}-shell")
+    model_run, _ = _copy_run(finished_run, work / "model")
+    _edit_config(model_run, model="mymodule:factory")
     before = _files(work)
-    if "data" in changes:  # export reads the data set from the study
-        run_cli(["export", "run", "--trial", str(trial), "--out", "x.slim"],
-                work).assert_refused(*words)
-    run_cli(["search", "--resume", "run"], work).assert_refused(*words)
+    export, resume_data, resume_model = run_cli_many([
+        ["export", "data", "--trial", str(trial), "--out", "x.slim"],  # reads the data set
+        ["search", "--resume", "data"], ["search", "--resume", "model"]], work)
+    for r in (export, resume_data):
+        r.assert_refused("the study of data", "`os:system`", "--trust-module os")
+    resume_model.assert_refused("`mymodule:factory`", "--trust-module mymodule")
     _no_code_ran(work)
     assert _files(work) == before
 
@@ -281,10 +283,13 @@ def test_export_refuses_to_overwrite_its_own_outputs_and_writes_nothing_half(fin
     (work / "adir").mkdir()
     before = _files(work)
     base = ["export", "run", "--trial", str(trial)]
-    run_cli([*base, "--out", "m.json"], work).assert_refused("model card")
-    run_cli([*base, "--out", "m.onnx", "--onnx"], work).assert_refused("ONNX")
-    run_cli([*base, "--out", "adir"], work).assert_refused("is a directory")
-    run_cli([*base, "--out", "afile/m.slim"], work).assert_refused("which is a file")
+    card, onnx, at_dir, under_file = run_cli_many([
+        [*base, "--out", "m.json"], [*base, "--out", "m.onnx", "--onnx"],
+        [*base, "--out", "adir"], [*base, "--out", "afile/m.slim"]], work)
+    card.assert_refused("model card")
+    onnx.assert_refused("ONNX")
+    at_dir.assert_refused("is a directory")
+    under_file.assert_refused("which is a file")
     assert _files(work) == before  # no outputs, no *.tmp
 
 
@@ -366,19 +371,19 @@ def test_suggested_commands_quote_paths(finished_run, work):
 
 
 # -- searches ---------------------------------------------------------------------------
-@pytest.mark.parametrize("args, words", [
-    (["--max-size", "1e400"], ["--max-size"]),
-    (["--model", "torchvision:vit_b_16"], ["cannot take `digits` inputs"]),
-    (["--run-dir", "afile/run"], ["--run-dir"]),
-    (["--run-dir", "corrupt"], ["study.db"]),
-])
-def test_search_errors_are_one_line_and_create_nothing(work, args, words):
+def test_search_errors_are_one_line_and_create_nothing(work):
     (work / "afile").write_text("x")
     (work / "corrupt").mkdir()
     (work / "corrupt" / "study.db").write_bytes(b"this is not a database" * 100)
+    cases = [(["--max-size", "1e400"], ["--max-size"]),
+             (["--model", "torchvision:vit_b_16"], ["cannot take `digits` inputs"]),
+             (["--run-dir", "afile/run"], ["--run-dir", "which is a file"]),
+             (["--run-dir", "corrupt"], ["study.db"])]
     before = {p: p.read_bytes() if p.is_file() else None for p in work.rglob("*")}
-    run_cli(["search", "--trials", "1", "--teacher-epochs", "1", *args], work
-            ).assert_refused(*words)
+    results = run_cli_many([["search", "--trials", "1", "--teacher-epochs", "1", *args]
+                            for args, _ in cases], work)
+    for (_, words), r in zip(cases, results, strict=True):
+        r.assert_refused(*words)
     assert {p: p.read_bytes() if p.is_file() else None for p in work.rglob("*")} == before
 
 

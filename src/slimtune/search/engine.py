@@ -328,8 +328,7 @@ def search(
     named_by = f"the study of {run_dir}" if resume else None  # where the names come from
     if not resume:
         trust = trust.with_names(config.model, config.data)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
+    _check_run_dir(run_dir)
     data = load_dataset(config.data, config.data_dir, config.subset, config.val_subset,
                         trust=trust, source=named_by)
     _check_model_runs(config, data, trust, named_by)
@@ -396,6 +395,19 @@ def search(
         cluster.shutdown()
     return SearchResult(run=run, front=pareto_front(study), counts=counts,
                         seconds=time.perf_counter() - t_start)
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a ``--run-dir`` that cannot be created or written, before Ray starts."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
+    above = run_dir
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise RunDirError(f"--run-dir {run_dir} is under {above}, which is a file")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write --run-dir {run_dir}: {above} is not writable")
 
 
 def _check_model_runs(config: SearchConfig, data: Any, trust: Trust,
