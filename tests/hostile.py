@@ -2,7 +2,8 @@
 
 Each run goes through a small wrapper process whose only child is the command, so
 ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` in the wrapper is the command's own peak
-resident memory (the test process's figure would be the largest of every child so far).
+resident memory (the test process's figure would be the largest of every child so far,
+and a child forked straight from a large test process starts with its parent's figure).
 """
 
 from __future__ import annotations
@@ -71,6 +72,20 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300,
 _MANY = r"""
 import contextlib, io, json, resource, sys
 from slimtune.cli import main
+
+def _hwm_kb():
+    # VmHWM: this process's peak resident memory since its exec. Not ru_maxrss, which
+    # Linux carries over from the parent at fork and keeps across exec: the child of a
+    # 2 GB pytest process would report 2 GB before doing anything.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
 out, runs = sys.argv[1], json.loads(sys.argv[2])
 results = []
 for args in runs:
@@ -85,7 +100,7 @@ for args in runs:
             import traceback
             traceback.print_exc(file=stderr)
             rc = 1
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # so far: an upper bound
+    peak_kb = _hwm_kb()  # so far: an upper bound of this run's own peak
     results.append({"rc": rc, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
                     "peak_mb": peak_kb / 1024})
 with open(out, "w") as f:

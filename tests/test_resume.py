@@ -17,7 +17,7 @@ import pytest
 from slimtune.errors import RunDirError
 from slimtune.search import SearchConfig
 from slimtune.search.engine import _RunLock, resume, search
-from slimtune.search.study import storage_url
+from slimtune.search.study import open_storage, storage_url
 
 S = optuna.trial.TrialState
 # 20 epochs make a digits trial last seconds: after the test sees the n-th finished trial
@@ -51,7 +51,10 @@ def _wait_for_complete(proc, run_dir, n, timeout=300):
             pytest.fail(f"the search ended before it could be killed: {err[-2000:]}")
         if (run_dir / "study.db").exists():
             try:
-                study = optuna.load_study(study_name="slimtune", storage=storage_url(run_dir))
+                # read-only, as `slimtune front` reads: a writable open could create the
+                # schema at the moment the search creates it (a UNIQUE constraint race)
+                study = optuna.load_study(study_name="slimtune",
+                                          storage=open_storage(run_dir, read_only=True))
                 trials = study.get_trials(deepcopy=False)
                 done = [t for t in trials if t.state == S.COMPLETE]
                 if len(done) >= n and any(t.state == S.RUNNING for t in trials):
