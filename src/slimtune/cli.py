@@ -264,7 +264,7 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         else:
             result = run_search(config, events, trust_module=trust)
     except KeyboardInterrupt as exc:
-        from slimtune.search.engine import Terminated
+        from slimtune.search.signals import Terminated
 
         if state.get("live"):
             progress.stop()

@@ -11,9 +11,7 @@ import contextlib
 import math
 import os
 import shlex
-import signal
 import socket
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -27,10 +25,10 @@ from optuna.trial import TrialState
 
 from slimtune import __version__
 from slimtune.data.datasets import load_dataset
-from slimtune.errors import ConfigError, OutputError, RunDirError, SearchAborted
+from slimtune.errors import ConfigError, RunDirError, SearchAborted
 from slimtune.export.artifact import save
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
-from slimtune.models.zoo import build_model
+from slimtune.search.checks import as_user_error, check_model_runs, check_run_dir
 from slimtune.search.config import RESUME_OVERRIDES, SearchConfig
 from slimtune.search.guided import (
     ProbeSpec,
@@ -41,6 +39,7 @@ from slimtune.search.guided import (
 )
 from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.ray_runner import RayCluster
+from slimtune.search.signals import Signals, Terminated, sigterm_as_interrupt
 from slimtune.search.study import (
     HEARTBEAT_INTERVAL,
     Run,
@@ -56,45 +55,6 @@ from slimtune.trust import Trust, check
 
 __all__ = ["search", "resume", "SearchResult", "SearchEvents", "TrialRecord",
            "warm_start_plans", "Terminated"]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (docker stop, SLURM, systemd, ``timeout``) during a search: handled as
-    Ctrl-C is: running trials are marked failed and retried on ``--resume``."""
-
-    signum = signal.SIGTERM
-
-
-class _Signals:
-    """Whether SIGTERM arrived: Ray's ``wait`` turns any exception a signal handler raises
-    during it into a plain KeyboardInterrupt, so the type alone cannot tell."""
-
-    terminated = False
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Any:
-    """While a search runs in the main thread, SIGTERM raises :class:`Terminated` (a
-    KeyboardInterrupt) instead of killing the process (Ray's own handler would dump its
-    C++ stack and leave trials RUNNING). Yields the :class:`_Signals` seen."""
-    seen = _Signals()
-    if threading.current_thread() is not threading.main_thread():
-        yield seen
-        return
-
-    def handler(_signum: int, _frame: Any) -> None:
-        seen.terminated = True
-        raise Terminated()
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield seen
-    except KeyboardInterrupt:
-        if seen.terminated:
-            raise Terminated() from None
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 @dataclass
@@ -328,10 +288,10 @@ def search(
     named_by = f"the study of {run_dir}" if resume else None  # where the names come from
     if not resume:
         trust = trust.with_names(config.model, config.data)
-    _check_run_dir(run_dir)
+    check_run_dir(run_dir)
     data = load_dataset(config.data, config.data_dir, config.subset, config.val_subset,
                         trust=trust, source=named_by)
-    _check_model_runs(config, data, trust, named_by)
+    check_model_runs(config, data, trust, named_by)
     if config.checkpoint is not None and not Path(config.checkpoint).is_file():
         raise ConfigError(f"--checkpoint {config.checkpoint} does not exist")
     shared = config.storage is not None and not config.storage.startswith("sqlite:")
@@ -340,7 +300,7 @@ def search(
     cluster = RayCluster(config.address)
     lock: _RunLock | None = None
     try:
-        with _sigterm_as_interrupt() as signals:  # SIGTERM is handled as Ctrl-C
+        with sigterm_as_interrupt() as signals:  # SIGTERM is handled as Ctrl-C
             concurrency = cluster.max_concurrent(config.cpus_per_trial, config.gpus_per_trial)
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
@@ -395,41 +355,6 @@ def search(
         cluster.shutdown()
     return SearchResult(run=run, front=pareto_front(study), counts=counts,
                         seconds=time.perf_counter() - t_start)
-
-
-def _check_run_dir(run_dir: Path) -> None:
-    """Refuse a ``--run-dir`` that cannot be created or written, before Ray starts."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
-    above = run_dir
-    while not above.exists() and above != above.parent:
-        above = above.parent
-    if not above.is_dir():
-        raise RunDirError(f"--run-dir {run_dir} is under {above}, which is a file")
-    if not os.access(above, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot write --run-dir {run_dir}: {above} is not writable")
-
-
-def _check_model_runs(config: SearchConfig, data: Any, trust: Trust,
-                      named_by: str | None) -> None:
-    """Build the model and run a batch of two examples through it before anything else, so
-    a model that cannot take the data (``torchvision:vit_b_16`` on 8 x 8 digits) fails now
-    in one line, not after the teacher's training."""
-    model = build_model(config.model, data.num_classes, data.input_shape, trust=trust,
-                        source=named_by)
-    x = data.x_train[:2]
-    try:
-        model.eval()
-        with torch.no_grad():
-            out = model(x)
-    except Exception as exc:  # noqa: BLE001 - any failure: the pair does not fit
-        raise ConfigError(f"--model {config.model} cannot take `{config.data}` inputs of shape "
-                          f"{tuple(x.shape[1:])}: {type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:200]}") from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), data.num_classes):
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"--model {config.model} must return logits of shape (batch, "
-                          f"{data.num_classes}) on `{config.data}`, but returned {got}")
 
 
 def _begin_study(
@@ -537,7 +462,7 @@ def _loop(
     config: SearchConfig, run: Run, space: SearchSpace, teacher_ref: Any,
     concurrency: int, ev: SearchEvents,
     trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]],
-    shared: bool, retried: list[int], trust: Trust, signals: _Signals,
+    shared: bool, retried: list[int], trust: Trust, signals: Signals,
 ) -> dict[str, Any]:
     import ray
 
@@ -657,27 +582,13 @@ def _loop(
             _abandon(study, pending, f"{why}; retried on resume", reorder=not shared)
         except Exception:  # noqa: BLE001 - the storage itself failed: resume repairs it
             pass
-        err = _user_error(exc)
+        err = as_user_error(exc)
         if err is exc:
             raise
         raise err from None
     finally:  # once, not per trial: every storage write costs a commit
         study.set_user_attr("hypervolume", counts["hypervolume"])
     return counts
-
-
-def _user_error(exc: BaseException) -> BaseException:
-    """A full disk or a storage failure during a search as one :class:`SlimtuneError`
-    line; anything else unchanged."""
-    import sqlalchemy.exc
-
-    if isinstance(exc, OSError):
-        name = f" {exc.filename}" if exc.filename else ""
-        return OutputError(f"cannot write{name}: {exc.strerror or exc}")
-    if isinstance(exc, sqlalchemy.exc.SQLAlchemyError):
-        cause = " ".join(str(getattr(exc, "orig", None) or exc).split())[:300]
-        return RunDirError(f"cannot write the study: {cause}")
-    return exc
 
 
 def _join_generation(study: optuna.Study, trial: optuna.trial.Trial) -> None:
