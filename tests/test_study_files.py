@@ -30,7 +30,7 @@ from slimtune.search.study import (
     storage_url,
 )
 from slimtune.viz.report import front_info
-from tests.hostile import run_cli
+from tests.hostile import run_cli_many
 
 META = {
     "version": "test",
@@ -412,14 +412,21 @@ def test_new_search_fills_an_empty_study_file(tmp_path):
     assert storage.get_all_studies() == []
 
 
-@pytest.mark.parametrize("case", ["empty", "random", "no-slimtune-study"])
-def test_cli_front_on_a_broken_study_is_one_line(tmp_path, case):
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    BROKEN[case][0](run_dir / DB_NAME)
-    before = snapshot(run_dir)
-    run_cli(["front", str(run_dir)], tmp_path).assert_refused("study.db")
-    assert snapshot(run_dir) == before
+def test_cli_front_on_a_broken_study_is_one_line(tmp_path):
+    cases = ["empty", "random", "no-slimtune-study"]
+    for case in cases:
+        (tmp_path / case).mkdir()
+        BROKEN[case][0](tmp_path / case / DB_NAME)
+    crafted = tmp_path / "crafted"
+    make_run(crafted, meta=_with(teacher__size_bytes="big"))
+    before = {d: snapshot(tmp_path / d) for d in [*cases, "crafted"]}
+    # one child process for all four (one start of Python and torch)
+    results = run_cli_many([["front", str(tmp_path / d)] for d in [*cases, "crafted"]],
+                           tmp_path)
+    for r in results[:-1]:
+        r.assert_refused("study.db")
+    results[-1].assert_refused("study.db", "teacher.size_bytes")
+    assert {d: snapshot(tmp_path / d) for d in [*cases, "crafted"]} == before
 
 
 # -- 4. malformed `slimtune` metadata ------------------------------------------------------
@@ -471,12 +478,4 @@ def test_no_teacher_is_not_a_finished_run(tmp_path):
     before = snapshot(run_dir)
     with pytest.raises(RunDirError, match="not a finished slimtune run"):
         open_run(run_dir)
-    assert snapshot(run_dir) == before
-
-
-def test_cli_front_on_crafted_metadata_is_one_line(tmp_path):
-    run_dir = tmp_path / "run"
-    make_run(run_dir, meta=_with(teacher__size_bytes="big"))
-    before = snapshot(run_dir)
-    run_cli(["front", str(run_dir)], tmp_path).assert_refused("study.db", "teacher.size_bytes")
     assert snapshot(run_dir) == before

@@ -58,7 +58,8 @@ from slimtune.spaces.plan import CompressionPlan
 from slimtune.trust import NO_TRUST, Trust
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "decode", "save", "load", "skeleton",
-           "read_artifact", "read_header", "header_dict", "stored_weights"]
+           "read_artifact", "read_header", "header_dict", "stored_weights", "open_artifact",
+           "load_with_header"]
 
 _PREFIX, _CRC = PREFIX, CRC
 
@@ -248,10 +249,20 @@ def decode(data: bytes, *, trust: Trust = NO_TRUST, source: str = "the artifact"
     file in messages), or ``model`` (an architecture instance of yours) is used instead.
     """
     header, start = parse_head(data, len(data))
+    _check_crc(data)
     check_model_bounds(header, len(data), start, model, trust, source)
+    return _build(data, header, start, trust, source, model)
+
+
+def _check_crc(data: bytes) -> None:
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(memoryview(data)[: -_CRC.size]) != crc:
         raise ArtifactError("the artifact is corrupted or truncated (checksum mismatch)")
+
+
+def _build(data: bytes, header: Header, start: int, trust: Trust, source: str,
+           model: nn.Module | None) -> tuple[nn.Module, Header]:
+    """The model of bytes whose header, bounds and checksum have been checked."""
     try:
         built = skeleton(header, trust=trust, source=source, base=model)
     except SlimtuneError as exc:
@@ -325,7 +336,11 @@ def read_artifact(path: str | Path, *, trust: Trust = NO_TRUST,
     """The bytes of the artifact at ``path``, read with bounded work: the prefix and the
     header are read and checked first, then the rest only if the file's length fits the
     model its header names."""
-    p = Path(path)
+    return _read_checked(Path(path), trust, model)[0]
+
+
+def _read_checked(p: Path, trust: Trust, model: nn.Module | None
+                  ) -> tuple[bytes, Header, int]:
     source = f"the artifact {p}"
     if not p.is_file():
         raise ArtifactError(f"no artifact at {p}")
@@ -345,7 +360,7 @@ def read_artifact(path: str | Path, *, trust: Trust = NO_TRUST,
     data = head + rest
     if len(data) != total:
         raise ArtifactError(f"{p} changed while it was read")
-    return data
+    return data, header, start
 
 
 def read_header(path: str | Path, *, trust: Trust = NO_TRUST) -> Header:
@@ -355,8 +370,18 @@ def read_header(path: str | Path, *, trust: Trust = NO_TRUST) -> Header:
 def load_with_header(path: str | Path, *, trust: Trust = NO_TRUST,
                      model: nn.Module | None = None) -> tuple[nn.Module, Header]:
     """The module stored at ``path`` and its header (bounded reading, trust boundary)."""
-    data = read_artifact(path, trust=trust, model=model)
-    return decode(data, trust=trust, source=f"the artifact {Path(path)}", model=model)
+    module, header, _ = open_artifact(path, trust=trust, model=model)
+    return module, header
+
+
+def open_artifact(path: str | Path, *, trust: Trust = NO_TRUST,
+                  model: nn.Module | None = None) -> tuple[nn.Module, Header, bytes]:
+    """The module stored at ``path``, its header and the file's bytes, read once with
+    bounded work and checked once."""
+    data, header, start = _read_checked(Path(path), trust, model)  # bounds checked
+    _check_crc(data)
+    module, _ = _build(data, header, start, trust, f"the artifact {Path(path)}", model)
+    return module, header, data
 
 
 def load(path: str | Path, *, trust_module: str | list[str] | None = None,

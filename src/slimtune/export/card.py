@@ -8,7 +8,7 @@ from typing import Any
 
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
-from slimtune.export.artifact import decode, load_with_header, read_artifact, stored_weights
+from slimtune.export.artifact import load_with_header, open_artifact, stored_weights
 from slimtune.files import atomic_path, write_into
 from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.flops import count_flops
@@ -140,8 +140,7 @@ def export(
             "; copy that machine's run directory `trials` folder here (or share the run "
             "directory between machines)"
         )
-    raw = read_artifact(src, trust=trust)
-    model, header = decode(raw, trust=trust, source=f"the artifact {src}")
+    model, header, raw = open_artifact(src, trust=trust)
     meta = run.meta
     cfg = meta["config"]
     ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"),
