@@ -36,6 +36,15 @@ def _storage_args(storage: str | None, study_name: str | None) -> str:
     return out
 
 
+def _progress(transient: bool = False) -> Progress:
+    """A progress bar on stderr: description, bar, n/total, elapsed, a field `info`."""
+    return Progress(
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False), console=err,
+        transient=transient,
+    )
+
+
 _trust_opt = click.option(
     "--trust-module", "trust_module", multiple=True, metavar="MODULE",
     help="Allow a model or data set that the file or study names as MODULE:function to be "
@@ -153,11 +162,7 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
     else:
         config = SearchConfig(**kwargs)
         run_dir = config.resolved_run_dir
-    progress = Progress(
-        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False), console=err,
-        transient=not err.is_terminal,  # in a log, no last frame of the bar at the end
-    )
+    progress = _progress(transient=not err.is_terminal)  # in a log, no last frame
     state: dict[str, Any] = {}
     again = (f"slimtune search --resume {_q(run_dir)}"
              + _storage_args(kwargs.get("storage"), kwargs.get("study_name")))
@@ -273,7 +278,10 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
                   f"marked failed and will be retried: continue with `{again}`, or see the "
                   f"front with `slimtune front {_q(run_dir)}"
                   f"{_storage_args(kwargs.get('storage'), kwargs.get('study_name'))}`")
-        sys.exit(143 if isinstance(exc, Terminated) else 130)
+        import signal
+
+        signum = Terminated.signum if isinstance(exc, Terminated) else signal.SIGINT
+        sys.exit(128 + signum)  # 143 for SIGTERM, 130 for SIGINT, as a shell reports them
     except SlimtuneError as exc:
         if "t0" in state:  # the trials had begun: say how to go on
             raise type(exc)(f"{exc}; finished trials are saved: continue with `{again}`"
@@ -462,10 +470,7 @@ def train(model: str, data: str, epochs: int | None, data_dir: Path | None,
     """Train the teacher with the standard recipe and cache it for `search`."""
     from slimtune.models.teacher import train_command
 
-    progress = Progress(
-        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False), console=err,
-    )
+    progress = _progress()
     task: dict[str, Any] = {}
 
     def on_step(step: int, total: int) -> None:

@@ -15,16 +15,23 @@ from pathlib import Path
 
 from slimtune.errors import OutputError
 
-__all__ = ["write_atomic", "atomic_path", "write_into", "check_output_path"]
+__all__ = ["write_atomic", "atomic_path", "write_into", "check_output_path",
+           "existing_ancestor"]
+
+
+def existing_ancestor(path: Path) -> Path:
+    """The nearest of ``path`` and its parents that exists (what creating it would write
+    into)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def check_output_path(path: Path, what: str) -> None:
     """Refuse an output path that cannot be a file: a directory, or under a file."""
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory; give a file path")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = existing_ancestor(path.parent)
     if not parent.is_dir():
         raise OutputError(f"{what} {path} is under {parent}, which is a file, not a directory")
 

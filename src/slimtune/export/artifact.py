@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +59,6 @@ from slimtune.trust import NO_TRUST, Trust
 __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "decode", "save", "load", "skeleton",
            "read_artifact", "read_header", "header_dict", "stored_weights", "open_artifact",
            "load_with_header"]
-
-_PREFIX, _CRC = PREFIX, CRC
-
 
 @dataclass(frozen=True)
 class _Spec:
@@ -223,8 +219,8 @@ def encode(
             v = w.reshape(-1).numpy().astype("<f4")
             chunks.append((v[flat_keep] if flat_keep is not None else v).tobytes())
     hbytes = header.to_bytes()
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes)) + hbytes + b"".join(chunks)
-    return body + _CRC.pack(zlib.crc32(body))
+    body = PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes)) + hbytes + b"".join(chunks)
+    return body + CRC.pack(zlib.crc32(body))
 
 
 class _Reader:
@@ -255,8 +251,8 @@ def decode(data: bytes, *, trust: Trust = NO_TRUST, source: str = "the artifact"
 
 
 def _check_crc(data: bytes) -> None:
-    (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
-    if zlib.crc32(memoryview(data)[: -_CRC.size]) != crc:
+    (crc,) = CRC.unpack_from(data, len(data) - CRC.size)
+    if zlib.crc32(memoryview(data)[: -CRC.size]) != crc:
         raise ArtifactError("the artifact is corrupted or truncated (checksum mismatch)")
 
 
@@ -270,7 +266,7 @@ def _build(data: bytes, header: Header, start: int, trust: Trust, source: str,
     except Exception as exc:  # noqa: BLE001 - a plan the model cannot take
         raise ArtifactError(f"the artifact's header is invalid: {type(exc).__name__}: "
                             f"{' '.join(str(exc).split())[:200]}") from None
-    state = _decode_payload(data, start, len(data) - _CRC.size, built, header)
+    state = _decode_payload(data, start, len(data) - CRC.size, built, header)
     try:
         built.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # only with a caller's `model` of another architecture
@@ -347,10 +343,10 @@ def _read_checked(p: Path, trust: Trust, model: nn.Module | None
     try:
         with open(p, "rb") as f:
             total = os.fstat(f.fileno()).st_size
-            head = f.read(_PREFIX.size)
-            if len(head) == _PREFIX.size and head[:len(MAGIC)] == MAGIC:
-                (hlen,) = struct.unpack_from("<I", head, len(MAGIC) + 1)
-                if hlen <= MAX_HEADER_BYTES:
+            head = f.read(PREFIX.size)
+            if len(head) == PREFIX.size:
+                magic, _, hlen = PREFIX.unpack(head)
+                if magic == MAGIC and hlen <= MAX_HEADER_BYTES:
                     head += f.read(hlen)
             header, start = parse_head(head, total)  # checks magic before reading more
             check_model_bounds(header, total, start, model, trust, source)

@@ -182,12 +182,10 @@ def export(
     with atomic_path(paths["artifact"], "--out") as tmp_artifact, \
             atomic_path(paths["model card"], "model card") as tmp_card:
         write_into(tmp_artifact, raw, "--out", paths["artifact"])
-        write_into(tmp_card, json.dumps(card, indent=2) + "\n", "model card",
-                   paths["model card"])
-        if onnx:  # last: it is renamed into place as soon as it has been checked
-            from slimtune.export.onnx import export_onnx
+        if onnx:  # renamed into place as soon as it has been checked; its result goes in
+            from slimtune.export.onnx import export_onnx  # the card
 
             card["onnx"] = export_onnx(model, header.input_shape, paths["ONNX model"])
-            write_into(tmp_card, json.dumps(card, indent=2) + "\n", "model card",
-                       paths["model card"])
+        write_into(tmp_card, json.dumps(card, indent=2) + "\n", "model card",
+                   paths["model card"])
     return card

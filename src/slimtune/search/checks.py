@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from slimtune.errors import ConfigError, OutputError, RunDirError
+from slimtune.files import existing_ancestor
 from slimtune.models.zoo import build_model
 from slimtune.search.config import SearchConfig
 from slimtune.trust import Trust
@@ -26,9 +27,7 @@ def check_run_dir(run_dir: Path) -> None:
     """Refuse a ``--run-dir`` that cannot be created or written, before Ray starts."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--run-dir {run_dir} exists and is not a directory")
-    above = run_dir
-    while not above.exists() and above != above.parent:
-        above = above.parent
+    above = existing_ancestor(run_dir)
     if not above.is_dir():
         raise RunDirError(f"--run-dir {run_dir} is under {above}, which is a file")
     if not os.access(above, os.W_OK | os.X_OK):
