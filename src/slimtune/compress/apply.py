@@ -1,51 +1,42 @@
-"""``apply(model, plan)``: factorize, then prune, then quantize, as one plan says."""
+"""``apply(model, plan)``: every knob's transform, in the order of their stages."""
 
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from slimtune.compress.factorize import FactorizeConfig, factorize
-from slimtune.compress.prune import PruneConfig, prune
-from slimtune.compress.quantize import QuantizeConfig, quantize
-from slimtune.compress.structured import ChannelPruneConfig, channel_prune
 from slimtune.errors import ConfigError
-from slimtune.spaces.plan import CompressionPlan, LayerPlan
+from slimtune.knobs import KNOBS, by_stage, structure_knobs
 
-__all__ = ["apply", "apply_", "configs_of", "plan_modules"]
+if TYPE_CHECKING:  # pragma: no cover - a plan is data; compress needs only its shape
+    from slimtune.spaces.plan import CompressionPlan, LayerPlan
+
+__all__ = ["apply", "apply_", "configs_of", "plan_modules", "skeleton_of"]
 
 
-def configs_of(
-    plan: CompressionPlan,
-) -> tuple[ChannelPruneConfig, FactorizeConfig, PruneConfig, QuantizeConfig]:
-    """Split a plan into one config per transform (only layers the transform changes)."""
-    return (
-        ChannelPruneConfig({n: lp.keep_ratio for n, lp in plan.layers.items()
-                            if lp.keep_ratio < 1}),
-        FactorizeConfig({n: lp.rank_ratio for n, lp in plan.layers.items() if lp.rank_ratio < 1}),
-        PruneConfig({n: lp.sparsity for n, lp in plan.layers.items() if lp.sparsity > 0}),
-        QuantizeConfig({n: lp.bits for n, lp in plan.layers.items() if lp.bits < 32}),
-    )
+def configs_of(plan: CompressionPlan) -> dict[str, dict[str, Any]]:
+    """Knob name -> {layer: value} for the layers the knob changes (registry order)."""
+    return {name: {n: lp[name] for n, lp in plan.layers.items() if k.active(lp[name])}
+            for name, k in KNOBS.items()}
 
 
 def apply_(
     model: nn.Module, plan: CompressionPlan, input_shape: tuple[int, ...] | None = None
 ) -> nn.Module:
-    """Compress ``model`` in place; returns it (the factorized layers are new modules).
+    """Compress ``model`` in place; returns it (factorized layers are new modules).
 
-    Order: structured channel pruning, factorization, unstructured pruning, quantization.
-    ``input_shape`` (without the batch) is needed when the plan prunes channels.
+    Order (each knob's ``stage``): channel pruning, factorization, 2:4 sparsity,
+    unstructured sparsity, quantization. ``input_shape`` (without the batch) is needed when
+    the plan prunes channels.
     """
     plan_modules(model, plan)  # every layer it names is a Conv2d/Linear of the model
-    chan, fact, pr, qu = configs_of(plan)
-    if chan.keep_ratio:
-        if input_shape is None:
-            raise ConfigError("the plan prunes channels: pass the model's `input_shape`")
-        model = channel_prune(model, chan, tuple(input_shape), inplace=True)
-    model = factorize(model, fact, inplace=True)
-    model = prune(model, pr, inplace=True)
-    return quantize(model, qu, inplace=True)
+    values = configs_of(plan)
+    for k in by_stage():
+        if values[k.name]:
+            model = k.apply(model, values[k.name], input_shape)
+    return model
 
 
 def apply(
@@ -53,6 +44,17 @@ def apply(
 ) -> nn.Module:
     """A compressed copy of ``model`` (the input is left untouched)."""
     return apply_(copy.deepcopy(model), plan, input_shape)
+
+
+def skeleton_of(model: nn.Module, plan: CompressionPlan, input_shape: tuple[int, ...]
+                ) -> nn.Module:
+    """``model`` (changed in place) with the shapes ``plan`` gives it, weights unset: the
+    structure knobs only (channels, factorization), which depend on shapes alone."""
+    values = configs_of(plan)
+    for k in structure_knobs():
+        if values[k.name]:
+            model = k.skeleton(model, values[k.name], tuple(input_shape))
+    return model
 
 
 def plan_modules(model: nn.Module, plan: CompressionPlan) -> dict[str, LayerPlan]:

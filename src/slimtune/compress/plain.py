@@ -9,18 +9,21 @@ original untouched.
 from __future__ import annotations
 
 import copy
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from slimtune.compress.prune import MagnitudeMask
-from slimtune.compress.quantize import FakeQuant, dequantize, quantize_codes
-
 __all__ = ["CompressedPart", "plain_copy"]
 
-#: per compressed weight: (masked float32 weight before quantization, mask or None, bits)
-CompressedPart = tuple[torch.Tensor, torch.Tensor | None, int]
+
+class CompressedPart(NamedTuple):
+    """One compressed weight as the exporter needs it."""
+
+    weight: torch.Tensor  # float32, every mask applied, before the values knob's coding
+    masks: dict[str, torch.Tensor]  # mask knob name -> its 0/1 mask (all positions)
+    values: dict[str, Any]  # values knob name -> its value (e.g. {"bits": 4})
 
 
 def plain_copy(
@@ -28,9 +31,11 @@ def plain_copy(
 ) -> tuple[nn.Module, dict[str, CompressedPart]]:
     """A CPU copy of ``model`` with every weight parametrization evaluated and removed.
 
-    With ``quantized=True`` the copy's weights are the dequantized values the student
-    computes with; the returned parts keep the unquantized masked weight so the exporter
-    can derive codes and scales from it.
+    Each parametrization a knob registers has ``knob`` (its name) and ``exact(w)``; a mask
+    also ``mask``, a value coding ``value``. With ``quantized=True`` the copy's weights are
+    the values the artifact stores (dequantized); the returned parts keep the masked
+    weight before coding, from which the exporter derives codes and scales. The copy's
+    parameters keep the order of an uncompressed module (``weight`` before ``bias``).
     """
     plain = copy.deepcopy(model).cpu()
     parts: dict[str, CompressedPart] = {}
@@ -39,16 +44,22 @@ def plain_copy(
             continue
         plist = module.parametrizations["weight"]
         w = plist.original.detach().to(torch.float32)
-        mask, bits = None, 32
+        masks: dict[str, torch.Tensor] = {}
+        values: dict[str, Any] = {}
+        coded = None
         for p in plist:
-            if isinstance(p, MagnitudeMask):
-                mask = p.mask.detach().to(torch.float32)
-                w = w * mask
-            elif isinstance(p, FakeQuant):
-                bits = p.bits
-        value = dequantize(*quantize_codes(w, bits)) if (quantized and bits < 32) else w
+            if hasattr(p, "mask"):
+                masks[p.knob] = p.mask.detach().to(torch.float32)
+                w = p.exact(w)
+            else:
+                values[p.knob] = p.value
+                coded = p.exact(w if coded is None else coded)
+        value = coded if (quantized and coded is not None) else w
         module.__class__ = module.__class__.__bases__[0]  # the class before parametrization
         del module._modules["parametrizations"]
+        rest = dict(module._parameters)
+        module._parameters.clear()
         module.weight = nn.Parameter(value.to(plist.original.dtype).clone())
-        parts[f"{mname}.weight" if mname else "weight"] = (w, mask, bits)
+        module._parameters.update(rest)  # weight first, as the module made it
+        parts[f"{mname}.weight" if mname else "weight"] = CompressedPart(w, masks, values)
     return plain, parts

@@ -54,9 +54,20 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 class FakeQuant(nn.Module):
     """Parametrization ``w -> dequantize(quantize(w))`` with a straight-through gradient."""
 
+    knob = "bits"  # the knob that made it
+
     def __init__(self, bits: int) -> None:
         super().__init__()
         self.bits = int(bits)
+
+    @property
+    def value(self) -> int:
+        return self.bits
+
+    def exact(self, w: torch.Tensor) -> torch.Tensor:
+        """The dequantized weight exactly as the artifact stores it (the forward pass's
+        ``w + (wq - w)`` may differ from it in the last bit)."""
+        return dequantize(*quantize_codes(w, self.bits)).to(w.dtype)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         codes, scale = quantize_codes(w, self.bits)

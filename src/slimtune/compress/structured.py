@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from slimtune.errors import ConfigError, SlimtuneError
+from slimtune.spaces.space import output_layers
 
 __all__ = ["ChannelPruneConfig", "channel_prune", "kept_channels", "output_layers"]
 
@@ -47,27 +48,6 @@ def kept_channels(n: int, keep_ratio: float) -> int:
 
 def _out_channels(layer: nn.Module) -> int:
     return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-
-
-def output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
-    """Conv2d/Linear layers whose output channels are the model's outputs (never pruned):
-    the last one to run in a forward pass at batch 1."""
-    order: list[str] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, inp, out, n=name: order.append(n))
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return order[-1:]
 
 
 def channel_prune(

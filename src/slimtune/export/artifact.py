@@ -9,11 +9,14 @@ zlib-compressed JSON naming the model (a built-in, ``torchvision:`` or trusted u
 name), its input shape, class count and the compression plan. The payload holds the
 tensors of the compressed model's state dict, in order, with no names: the loader
 rebuilds the structure from the header and knows every tensor's shape. A compressed
-weight (a layer of the plan that is pruned or below 32 bits) is stored as
+weight (a layer whose mask knobs zero some of it or whose bit-width is below 32) is
+stored as its knobs write it (:mod:`slimtune.knobs`)::
 
-    [per-output-channel float32 scales, if bits < 32]
-    [bitmap of kept positions, 1 bit per weight, if pruned]
-    non-zero (kept) values: float32, or integer codes packed at ``bits`` bits each
+    [values knob's prelude: per-output-channel float32 scales, if bits < 32]
+    [each mask knob's index, in stage order: 2:4 patterns (3 bits per group of four),
+     then the unstructured index (bitmap or fixed-width gaps, over the positions kept so
+     far)]
+    kept values: float32, or integer codes packed at ``bits`` bits each
 
 and every other tensor (biases, BatchNorm parameters and statistics, uncompressed weights)
 raw in its dtype. Nothing is unpickled; the CRC catches truncation and tampering.
@@ -24,22 +27,22 @@ byte length of this file.
 
 from __future__ import annotations
 
-import math
+import copy
 import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from slimtune.compress.apply import configs_of, plan_modules
-from slimtune.compress.factorize import factorize
-from slimtune.compress.plain import plain_copy
-from slimtune.compress.prune import pruned_count
-from slimtune.compress.quantize import dequantize, quantize_codes
-from slimtune.compress.structured import channel_prune
+from slimtune.codec import Reader as _Reader
+from slimtune.codec import decode_index as _decode_index
+from slimtune.codec import encode_index as _encode_index
+from slimtune.compress.apply import plan_modules, skeleton_of
+from slimtune.compress.plain import CompressedPart, plain_copy
 from slimtune.errors import ArtifactError, SlimtuneError
 from slimtune.export.header import (
     CRC,
@@ -52,39 +55,53 @@ from slimtune.export.header import (
     parse_head,
 )
 from slimtune.files import write_atomic
+from slimtune.knobs import MaskKnob, mask_knobs, values_knob
 from slimtune.models.zoo import build_model
 from slimtune.spaces.plan import CompressionPlan
 from slimtune.trust import NO_TRUST, Trust
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "decode", "save", "load", "skeleton",
-           "read_artifact", "read_header", "header_dict", "stored_weights", "open_artifact",
-           "load_with_header"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "encode_plain", "decode", "save",
+           "load", "skeleton", "read_artifact", "read_header", "stored_weights",
+           "open_artifact", "load_with_header", "_Reader", "_encode_index", "_decode_index"]
+
 
 @dataclass(frozen=True)
 class _Spec:
-    bits: int
-    masked: bool
-    nnz: int  # kept weights: exact from the plan and the shape
+    """How one compressed weight is stored: exact from the plan and the shape."""
+
+    shape: tuple[int, ...]
+    masks: tuple[tuple[MaskKnob, Any, int], ...]  # (knob, value, positions kept after it)
+    bits: int  # the values knob's value
+    nnz: int  # kept weights
 
 
 def _weight_specs(plain: nn.Module, plan: CompressionPlan) -> dict[str, _Spec]:
     """State-dict key -> how it is stored, for every weight the plan compresses."""
+    codec = values_knob()
     specs: dict[str, _Spec] = {}
     for mname, lp in plan_modules(plain, plan).items():
-        numel = plain.get_submodule(mname).weight.numel()
-        masked = pruned_count(numel, lp.sparsity) > 0
-        if masked or lp.bits < 32:
-            specs[f"{mname}.weight"] = _Spec(bits=lp.bits, masked=masked,
-                                             nnz=numel - pruned_count(numel, lp.sparsity))
+        shape = tuple(plain.get_submodule(mname).weight.shape)
+        kept = int(np.prod(shape))
+        masks = []
+        for k in mask_knobs():
+            if k.active(lp[k.name]):
+                after = k.kept(shape, lp[k.name], kept)
+                if after < kept:
+                    masks.append((k, lp[k.name], after))
+                    kept = after
+        if masks or codec.active(lp[codec.name]):
+            specs[f"{mname}.weight"] = _Spec(shape, tuple(masks), lp[codec.name], kept)
     return specs
 
 
 def stored_weights(plain: nn.Module, plan: CompressionPlan) -> dict[str, tuple[int, int]]:
     """Module name -> (weights stored in the artifact, bits) for each compressed layer."""
+    specs = _weight_specs(plain, plan)
     out = {}
     for mname, lp in plan_modules(plain, plan).items():
+        spec = specs.get(f"{mname}.weight")
         numel = plain.get_submodule(mname).weight.numel()
-        out[mname] = (numel - pruned_count(numel, lp.sparsity), lp.bits)
+        out[mname] = (spec.nnz, spec.bits) if spec else (numel, lp[values_knob().name])
     return out
 
 
@@ -96,77 +113,9 @@ def skeleton(header: Header, *, trust: Trust = NO_TRUST, source: str | None = No
     The model is ``base`` (a copy: an architecture instance the caller passes) or built
     from the header's name (through the trust boundary when ``source`` says the header
     came from a file)."""
-    import copy
-
     model = copy.deepcopy(base) if base is not None else build_model(
         header.model, header.num_classes, header.input_shape, trust=trust, source=source)
-    chan, fact, _, _ = configs_of(header.plan)
-    if chan.keep_ratio:
-        model = channel_prune(model, chan, header.input_shape, inplace=True)
-    return factorize(model, fact, with_weights=False, inplace=True)
-
-
-_BITMAP, _DELTA = 0, 1
-
-
-def _encode_index(keep: np.ndarray) -> bytes:
-    """The kept positions as a bitmap or as fixed-width gaps, whichever is smaller.
-
-    bitmap: tag 0, 1 bit per weight. delta: tag 1, u8 width w, then the gaps between kept
-    positions (``idx[i] - idx[i-1] - 1``, the first is ``idx[0]``) at w bits each.
-    """
-    bitmap = bytes([_BITMAP]) + np.packbits(keep, bitorder="little").tobytes()
-    idx = np.flatnonzero(keep)
-    if len(idx) == 0:
-        return bitmap
-    gaps = np.diff(idx, prepend=-1) - 1
-    width = max(1, int(gaps.max()).bit_length())
-    if 2 + (len(idx) * width + 7) // 8 >= len(bitmap):
-        return bitmap
-    return bytes([_DELTA, width]) + _pack(gaps, width)
-
-
-def _decode_index(reader: _Reader, n: int, nnz: int, key: str) -> np.ndarray:
-    tag = reader.take(1)[0]
-    if tag == _BITMAP:
-        keep = np.unpackbits(np.frombuffer(reader.take(math.ceil(n / 8)), dtype=np.uint8),
-                             count=n, bitorder="little").astype(bool)
-        if int(keep.sum()) != nnz:
-            raise ArtifactError(f"the artifact's sparsity bitmap for `{key}` is corrupted")
-        return keep
-    if tag != _DELTA:
-        raise ArtifactError(f"the artifact has an unknown index coding for `{key}`")
-    width = reader.take(1)[0]
-    if not 1 <= width <= 32:
-        raise ArtifactError(f"the artifact's sparse index for `{key}` is corrupted")
-    idx = np.cumsum(_unpack(reader.take(math.ceil(nnz * width / 8)), nnz, width) + 1) - 1
-    if nnz and idx[-1] >= n:
-        raise ArtifactError(f"the artifact's sparse index for `{key}` is out of range")
-    keep = np.zeros(n, dtype=bool)
-    keep[idx] = True
-    return keep
-
-
-def _pack(codes: np.ndarray, bits: int) -> bytes:
-    """Pack non-negative integers < 2**bits into bytes, ``bits`` bits each, LSB first."""
-    codes = np.asarray(codes)
-    if bits == 8:  # the same bytes as the general path, without the bit planes
-        return codes.astype(np.uint8).tobytes()
-    planes = np.empty((len(codes), bits), dtype=np.uint8)
-    for b in range(bits):
-        planes[:, b] = (codes >> b) & 1
-    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
-
-
-def _unpack(raw: bytes, count: int, bits: int) -> np.ndarray:
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    if bits == 8:
-        return buf[:count].astype(np.int64)
-    planes = np.unpackbits(buf, count=count * bits, bitorder="little").reshape(count, bits)
-    out = np.zeros(count, dtype=np.int64)
-    for b in range(bits):
-        out |= planes[:, b].astype(np.int64) << b
-    return out
+    return skeleton_of(model, header.plan, header.input_shape)
 
 
 def _raw_bytes(t: torch.Tensor) -> bytes:
@@ -183,69 +132,54 @@ def encode(
 ) -> bytes:
     """Serialize a student made by ``compress.apply(model, plan)`` (fine-tuned or not)."""
     header = Header(model_name, int(num_classes), tuple(int(s) for s in input_shape), plan)
-    plain, parts = plain_copy(student)
-    specs = _weight_specs(plain, plan)
+    return encode_plain(*plain_copy(student), header)
+
+
+def encode_plain(plain: nn.Module, parts: dict[str, CompressedPart], header: Header) -> bytes:
+    """The artifact of ``plain_copy(student)``'s two results: the structure is the plain
+    copy's (its state dict is in the order the loader's skeleton has)."""
+    specs = _weight_specs(plain, header.plan)
+    codec = values_knob()
     for key, spec in specs.items():
-        if key not in parts:
+        part = parts.get(key)
+        if part is None or set(part.masks) != {k.name for k, _, _ in spec.masks} \
+                or part.values.get(codec.name, codec.default) != spec.bits:
             raise SlimtuneError(f"weight `{key}` is not compressed as the plan says")
-        _, mask, bits = parts[key]
-        if bits != spec.bits or (mask is not None) != spec.masked:
-            raise SlimtuneError(f"weight `{key}` is not compressed as the plan says")
-    state = plain.state_dict()
-    order = list(skeleton(header).state_dict())  # the loader's order, not the student's
-    if sorted(order) != sorted(state):
-        raise SlimtuneError("the student's structure does not match its plan and model")
     chunks: list[bytes] = []
-    for key in order:
-        tensor = state[key]
+    for key, tensor in plain.state_dict().items():
         spec = specs.get(key)
         if spec is None:
             chunks.append(_raw_bytes(tensor))
             continue
-        w, mask, bits = parts[key]
-        flat_keep = (mask.reshape(-1) > 0).numpy() if mask is not None else None
-        if bits < 32:
-            codes, scale = quantize_codes(w, bits)
-            chunks.append(_raw_bytes(scale))
-        if flat_keep is not None:
-            chunks.append(_encode_index(flat_keep))
-        if bits < 32:
-            qmax = 2 ** (bits - 1) - 1
-            c = codes.reshape(-1).numpy()
-            if flat_keep is not None:
-                c = c[flat_keep]
-            chunks.append(_pack(c + qmax, bits))
-        else:
-            v = w.reshape(-1).numpy().astype("<f4")
-            chunks.append((v[flat_keep] if flat_keep is not None else v).tobytes())
+        part = parts[key]
+        chunks.append(codec.encode_prelude(part.weight, spec.bits))
+        keep = np.ones(part.weight.numel(), dtype=bool)
+        for k, value, _ in spec.masks:
+            mask = (part.masks[k.name].reshape(-1) > 0).numpy()
+            chunks.append(k.encode_index(keep, mask, value, spec.shape))
+            keep = keep & mask
+        chunks.append(codec.encode_values(part.weight, keep, spec.bits))
     hbytes = header.to_bytes()
     body = PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes)) + hbytes + b"".join(chunks)
     return body + CRC.pack(zlib.crc32(body))
 
 
-class _Reader:
-    def __init__(self, data: bytes, start: int, end: int) -> None:
-        self.data, self.pos, self.end = data, start, end
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > self.end:
-            raise ArtifactError("the artifact is truncated (payload shorter than its header says)")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-
 def decode(data: bytes, *, trust: Trust = NO_TRUST, source: str = "the artifact",
-           model: nn.Module | None = None) -> tuple[nn.Module, Header]:
+           model: nn.Module | None = None, structure: nn.Module | None = None
+           ) -> tuple[nn.Module, Header]:
     """Rebuild the module from artifact bytes; raises :class:`ArtifactError` if malformed.
 
     Bounded work first (:mod:`slimtune.export.header`): magic, header and every length
     are checked against the bytes' own length before the model is built. The header's
     model name is resolved through the trust boundary (``trust``; ``source`` names the
     file in messages), or ``model`` (an architecture instance of yours) is used instead.
+    ``structure``: the compressed model's structure already built (the measuring path
+    passes the plain copy it encoded; a copy of it is filled, no skeleton is rebuilt).
     """
     header, start = parse_head(data, len(data))
     _check_crc(data)
+    if structure is not None:
+        return _fill(data, header, start, copy.deepcopy(structure))
     check_model_bounds(header, len(data), start, model, trust, source)
     return _build(data, header, start, trust, source, model)
 
@@ -266,6 +200,12 @@ def _build(data: bytes, header: Header, start: int, trust: Trust, source: str,
     except Exception as exc:  # noqa: BLE001 - a plan the model cannot take
         raise ArtifactError(f"the artifact's header is invalid: {type(exc).__name__}: "
                             f"{' '.join(str(exc).split())[:200]}") from None
+    return _fill(data, header, start, built)
+
+
+def _fill(data: bytes, header: Header, start: int, built: nn.Module
+          ) -> tuple[nn.Module, Header]:
+    """``built`` (the compressed structure) with the weights of the payload."""
     state = _decode_payload(data, start, len(data) - CRC.size, built, header)
     try:
         built.load_state_dict(state, strict=True)
@@ -280,6 +220,7 @@ def _decode_payload(data: bytes, start: int, end: int, model: nn.Module,
                     header: Header) -> dict[str, torch.Tensor]:
     reader = _Reader(data, start, end)
     specs = _weight_specs(model, header.plan)
+    codec = values_knob()
     state: dict[str, torch.Tensor] = {}
     for key, ref in model.state_dict().items():
         spec = specs.get(key)
@@ -291,31 +232,11 @@ def _decode_payload(data: bytes, start: int, end: int, model: nn.Module,
                                     f"`{key}`")
             state[key] = torch.from_numpy(arr.astype(dt.newbyteorder("="))).reshape(ref.shape)
             continue
-        n, out = ref.numel(), ref.shape[0]
-        if spec.bits < 32:
-            scale = torch.from_numpy(
-                np.frombuffer(reader.take(out * 4), dtype="<f4").astype(np.float32)
-            )
-            if not torch.isfinite(scale).all() or (scale <= 0).any():
-                raise ArtifactError(f"the artifact holds invalid scales for `{key}`")
-        keep = _decode_index(reader, n, spec.nnz, key) if spec.masked else np.ones(n, bool)
-        nnz = spec.nnz
-        if spec.bits < 32:
-            qmax = 2 ** (spec.bits - 1) - 1
-            codes = _unpack(reader.take(math.ceil(nnz * spec.bits / 8)), nnz, spec.bits) - qmax
-            if nnz and (codes.max() > qmax or codes.min() < -qmax):
-                raise ArtifactError(f"the artifact holds out-of-range codes for `{key}`")
-            full = np.zeros(n, dtype=np.int64)
-            full[keep] = codes
-            state[key] = dequantize(torch.from_numpy(full).reshape(ref.shape), scale)
-        else:
-            vals = np.frombuffer(reader.take(nnz * 4), dtype="<f4")
-            if not np.isfinite(vals).all():
-                raise ArtifactError(f"the artifact holds non-finite values (NaN or inf) in "
-                                    f"`{key}`")
-            full_f = np.zeros(n, dtype=np.float32)
-            full_f[keep] = vals
-            state[key] = torch.from_numpy(full_f).reshape(ref.shape)
+        codec_state = codec.decode(reader, spec.shape, spec.bits, key)
+        keep = np.ones(ref.numel(), dtype=bool)
+        for k, value, kept in spec.masks:
+            keep = k.decode_index(reader, keep, value, spec.shape, kept, key)
+        state[key] = codec.decode_values(reader, codec_state, keep, spec.shape, spec.bits, key)
     if reader.pos != end:
         raise ArtifactError("the artifact has trailing bytes after its payload")
     return state
@@ -389,6 +310,3 @@ def load(path: str | Path, *, trust_module: str | list[str] | None = None,
     or pass the architecture yourself (``model=MyNet()``, before compression)."""
     return load_with_header(path, trust=Trust.of(trust_module), model=model)[0]
 
-
-def header_dict(header: Header) -> dict[str, object]:
-    return header.to_dict()

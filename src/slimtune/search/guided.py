@@ -34,25 +34,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtune.knobs import KNOBS
 from slimtune.spaces.plan import CompressionPlan, LayerPlan
 from slimtune.spaces.space import SearchSpace
 
 __all__ = ["LADDERS", "PROBES", "Sensitivity", "probe_layers", "layer_shares", "greedy_path",
            "guided_plans", "N_GUIDED"]
 
-#: the levels the greedy moves through, light to heavy, per knob
-LADDERS: dict[str, tuple[float, ...]] = {
-    "sparsity": (0.0, 0.5, 0.75, 0.9),
-    "keep_ratio": (1.0, 0.75, 0.5, 0.35),
-    "bits": (8, 6, 4, 3, 2),
-}
-#: the levels measured in the sensitivity pass (others are interpolated; the lightest
-#: level of each ladder is taken to cost no accuracy)
-PROBES: dict[str, tuple[float, ...]] = {
-    "sparsity": (0.5, 0.9),
-    "keep_ratio": (0.75, 0.35),
-    "bits": (4, 2),
-}
+#: the levels the greedy moves through, light to heavy, per knob (each knob's ``ladder``;
+#: knobs without one are not guided)
+LADDERS: dict[str, tuple[float, ...]] = {n: k.ladder for n, k in KNOBS.items() if k.ladder}
+#: the levels measured in the sensitivity pass (each knob's ``probes``; others are
+#: interpolated; the lightest level of each ladder is taken to cost no accuracy)
+PROBES: dict[str, tuple[float, ...]] = {n: k.probes for n, k in KNOBS.items() if k.ladder}
 #: accuracy examples the sensitivity pass reads at most (from the validation split)
 PROBE_EXAMPLES = 512
 #: guided plans enqueued after the uniform warm start
@@ -62,14 +56,11 @@ _EPS = 0.005
 
 
 def knobs_of(space: SearchSpace, layer: str) -> tuple[str, ...]:
-    """The knobs the space gives ``layer``, of those the guided plans use."""
-    out = []
-    if space.unstructured:
-        out.append("sparsity")
-    if space.structured and layer not in space.fixed_channels:
-        out.append("keep_ratio")
-    out.append("bits")
-    return tuple(out)
+    """The knobs the space gives ``layer``, of those the guided plans use (with a ladder).
+    The cost model (:meth:`Sensitivity.predict`) knows what sparsity, channels and bits
+    do to size and MACs; a new knob joins the guided plans with a ladder and a line
+    there."""
+    return tuple(n for n in space.knobs_of(layer) if n in LADDERS)
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -4,51 +4,102 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from slimtune.errors import ConfigError
+from slimtune.knobs import KNOBS, knob
+from slimtune.knobs.bits import ALLOWED_BITS
 
 __all__ = ["ALLOWED_BITS", "PLAN_VERSION", "LayerPlan", "CompressionPlan"]
 
-#: weight bit-widths the search chooses from; 32 means "keep float32"
-ALLOWED_BITS: tuple[int, ...] = (2, 3, 4, 6, 8, 32)
 PLAN_VERSION = 1
+#: key order of a layer in plan version 1 (and its positional arguments): plans, artifact
+#: headers and hence sizes stay byte for byte what they were
+_V1_ORDER = ("sparsity", "rank_ratio", "bits", "keep_ratio")
 
 
-@dataclass(frozen=True)
-class LayerPlan:
-    """Compression of one Conv2d or Linear layer.
+class LayerPlan(Mapping[str, Any]):
+    """Compression of one Conv2d or Linear layer: knob name -> value, for every knob of
+    :data:`slimtune.knobs.KNOBS` (a knob not given is at its default, which leaves the
+    layer alone). Values are validated by their knob; ``lp.sparsity`` reads one.
 
-    ``sparsity`` is the fraction of weights set to zero by magnitude pruning;
-    ``rank_ratio`` is the kept fraction of the layer's full rank (1.0 = no factorization);
-    ``bits`` is the weight bit-width (32 = float32, no quantization);
-    ``keep_ratio`` is the kept fraction of the layer's output channels (structured
-    pruning: the layer, its BatchNorm and its consumers really shrink; 1.0 = keep all).
+    The knobs of today: ``sparsity`` (fraction of weights zeroed by magnitude),
+    ``keep_ratio`` (kept fraction of output channels), ``rank_ratio`` (kept fraction of
+    the full rank), ``bits`` (weight bit-width, 32 = float32) and ``two_four`` (2:4
+    semi-structured sparsity). Positional arguments follow plan version 1's order:
+    ``LayerPlan(sparsity, rank_ratio, bits, keep_ratio)``.
     """
 
-    sparsity: float = 0.0
-    rank_ratio: float = 1.0
-    bits: int = 32
-    keep_ratio: float = 1.0
+    __slots__ = ("_values",)
 
-    def __post_init__(self) -> None:
-        if not (0.0 <= self.sparsity < 1.0) or math.isnan(self.sparsity):
-            raise ConfigError(f"`0 <= sparsity < 1` must hold, but got sparsity={self.sparsity}")
-        if not (0.0 < self.rank_ratio <= 1.0):
-            raise ConfigError(
-                f"`0 < rank_ratio <= 1` must hold, but got rank_ratio={self.rank_ratio}"
-            )
-        if not (2 <= int(self.bits) <= 32) or int(self.bits) != self.bits:
-            raise ConfigError(f"`bits` must be an integer in 2..32, but got bits={self.bits}")
-        if not (0.0 < self.keep_ratio <= 1.0):
-            raise ConfigError(
-                f"`0 < keep_ratio <= 1` must hold, but got keep_ratio={self.keep_ratio}"
-            )
+    def __init__(self, *args: Any, **values: Any) -> None:
+        if len(args) > len(_V1_ORDER):
+            raise TypeError(f"LayerPlan takes at most {len(_V1_ORDER)} positional values")
+        for name, value in zip(_V1_ORDER, args, strict=False):
+            if name in values:
+                raise TypeError(f"LayerPlan got two values for `{name}`")
+            values[name] = value
+        unknown = [n for n in values if n not in KNOBS]
+        if unknown:
+            knob(unknown[0])  # raises, naming the known knobs
+        checked = {n: (k.check(values[n]) if n in values else k.default)
+                   for n, k in KNOBS.items()}
+        object.__setattr__(self, "_values", checked)
 
-    def rank(self, full_rank: int) -> int:
-        """The kept rank for a layer whose weight matrix has rank ``full_rank``."""
-        return max(1, min(full_rank, math.ceil(self.rank_ratio * full_rank - 1e-9)))
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a LayerPlan is immutable")
+
+    @property
+    def __dict__(self) -> dict[str, Any]:  # type: ignore[override]
+        """The knob values (``LayerPlan(**lp.__dict__) == lp``)."""
+        return dict(self._values)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LayerPlan) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        changed = ", ".join(f"{n}={v!r}" for n, v in self._values.items()
+                            if KNOBS[n].active(v))
+        return f"LayerPlan({changed})"
+
+    def active(self) -> dict[str, Any]:
+        """The knobs that change the layer, with their values."""
+        return {n: v for n, v in self._values.items() if KNOBS[n].active(v)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: plan version 1's knobs always, later knobs where they are set."""
+        out = {n: self._values[n] for n in _V1_ORDER}
+        out.update({n: v for n, v in self._values.items()
+                    if n not in out and (KNOBS[n].always_stored or KNOBS[n].active(v))})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LayerPlan:
+        """The inverse of :meth:`to_dict`; plan version 1's ``sparsity``, ``rank_ratio``
+        and ``bits`` are required (KeyError otherwise), every other knob defaults."""
+        for name in ("sparsity", "rank_ratio", "bits"):
+            data[name]  # noqa: B018 - a version 1 plan names these
+        return cls(**{str(n): v for n, v in data.items()})
 
 
 @dataclass(frozen=True)
@@ -84,7 +135,7 @@ class CompressionPlan:
             "version": PLAN_VERSION,
             "temperature": self.temperature,
             "alpha": self.alpha,
-            "layers": {name: asdict(lp) for name, lp in self.layers.items()},
+            "layers": {name: lp.to_dict() for name, lp in self.layers.items()},
         }
 
     @classmethod
@@ -95,15 +146,8 @@ class CompressionPlan:
                 raise ConfigError(
                     f"plan version {version} is not supported (this slimtune reads {PLAN_VERSION})"
                 )
-            layers = {
-                str(name): LayerPlan(
-                    sparsity=float(lp["sparsity"]),
-                    rank_ratio=float(lp["rank_ratio"]),
-                    bits=int(lp["bits"]),
-                    keep_ratio=float(lp.get("keep_ratio", 1.0)),
-                )
-                for name, lp in data["layers"].items()
-            }
+            layers = {str(name): LayerPlan.from_dict(lp)
+                      for name, lp in data["layers"].items()}
             return cls(
                 layers=layers,
                 temperature=float(data["temperature"]),

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from torch import nn
 
 from slimtune.errors import ConfigError
-from slimtune.spaces.plan import ALLOWED_BITS, CompressionPlan, LayerPlan
+from slimtune.knobs import KNOBS, knob
+from slimtune.knobs.base import Choices, FloatRange
+from slimtune.spaces.plan import CompressionPlan, LayerPlan
 
 __all__ = ["SearchSpace", "compressible_layers", "PRUNING_MODES"]
 
@@ -28,22 +30,45 @@ def compressible_layers(model: nn.Module) -> list[str]:
     return names
 
 
+def output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """Conv2d/Linear layers whose output channels are the model's outputs (never pruned):
+    the last one to run in a forward pass at batch 1."""
+    import torch
+
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, n=name: order.append(n))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return order[-1:]
+
+
 @dataclass(frozen=True)
 class SearchSpace:
-    """Ranges of the per-layer and global knobs.
+    """Which knobs each layer has and their ranges, plus the distillation setting's.
 
-    Parameter names in the Optuna study are ``"<layer>.sparsity"`` (unstructured
-    pruning), ``"<layer>.keep_ratio"`` (structured pruning; never for the output layer),
-    ``"<layer>.rank_ratio"``, ``"<layer>.bits"``, ``"temperature"`` and ``"alpha"``.
+    Parameter names in the Optuna study are ``"<layer>.<knob>"`` for every knob of
+    :data:`slimtune.knobs.KNOBS` the space searches on that layer (``sparsity`` only with
+    unstructured pruning, ``keep_ratio`` only with structured pruning and never for the
+    output layer, opt-in knobs such as ``two_four`` only when named in ``knobs``), then
+    ``"temperature"`` and ``"alpha"``. ``ranges`` overrides a knob's default range.
     """
 
     layers: tuple[str, ...]
     pruning: str = "both"
     fixed_channels: tuple[str, ...] = ()  # layers whose outputs are the model's outputs
-    sparsity: tuple[float, float] = (0.0, 0.95)
-    keep_ratio: tuple[float, float] = (0.1, 1.0)
-    rank_ratio: tuple[float, float] = (0.02, 1.0)  # the range (0, 1] with a floor
-    bits: tuple[int, ...] = ALLOWED_BITS
+    knobs: tuple[str, ...] = ()  # opt-in knobs searched too (e.g. "two_four")
+    ranges: Mapping[str, FloatRange | Choices] = field(default_factory=dict)
     temperature: tuple[float, float] = (1.0, 20.0)  # sampled on a log scale
     alpha: tuple[float, float] = (0.0, 1.0)
 
@@ -52,21 +77,23 @@ class SearchSpace:
             raise ConfigError(
                 f"`--pruning` must be one of {', '.join(PRUNING_MODES)}, but got {self.pruning!r}"
             )
+        for name in (*self.knobs, *self.ranges):
+            knob(name)  # an unknown name is one ConfigError listing the known ones
+        extra = [n for n in self.knobs if not KNOBS[n].opt_in]
+        if extra:
+            raise ConfigError(f"`--knob` names opt-in knobs; {extra[0]} is always searched")
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, input_shape: tuple[int, ...] | None = None, pruning: str = "both"
+        cls, model: nn.Module, input_shape: tuple[int, ...] | None = None, pruning: str = "both",
+        knobs: tuple[str, ...] = (),
     ) -> SearchSpace:
         """The space of ``model``; with ``input_shape`` the output layer is found by a
         forward pass, otherwise it is taken to be the last Conv2d/Linear."""
         layers = tuple(compressible_layers(model))
-        if input_shape is not None:
-            from slimtune.compress.structured import output_layers
-
-            fixed = tuple(output_layers(model, tuple(input_shape)))
-        else:
-            fixed = layers[-1:]
-        return cls(layers=layers, pruning=pruning, fixed_channels=fixed)
+        fixed = tuple(output_layers(model, tuple(input_shape))) if input_shape is not None \
+            else layers[-1:]
+        return cls(layers=layers, pruning=pruning, fixed_channels=fixed, knobs=tuple(knobs))
 
     @property
     def unstructured(self) -> bool:
@@ -79,20 +106,20 @@ class SearchSpace:
     def channel_layers(self) -> tuple[str, ...]:
         return tuple(n for n in self.layers if n not in self.fixed_channels)
 
+    def range_of(self, name: str) -> FloatRange | Choices:
+        return self.ranges.get(name, KNOBS[name].space)
+
+    def knobs_of(self, layer: str) -> list[str]:
+        """The knobs the space searches on ``layer``, in registry order."""
+        return [n for n, k in KNOBS.items() if k.in_space(self, layer)]
+
     def sample(self, trial: optuna.trial.BaseTrial) -> CompressionPlan:
         """Ask ``trial`` for every knob; works with a live trial or ``FixedTrial``."""
-        layers = {}
-        for name in self.layers:
-            kw: dict[str, Any] = {}
-            if self.unstructured:
-                kw["sparsity"] = trial.suggest_float(f"{name}.sparsity", *self.sparsity)
-            if self.structured and name not in self.fixed_channels:
-                kw["keep_ratio"] = trial.suggest_float(f"{name}.keep_ratio", *self.keep_ratio)
-            layers[name] = LayerPlan(
-                rank_ratio=trial.suggest_float(f"{name}.rank_ratio", *self.rank_ratio),
-                bits=int(trial.suggest_categorical(f"{name}.bits", list(self.bits))),
-                **kw,
-            )
+        layers = {
+            name: LayerPlan(**{k: self.range_of(k).suggest(trial, f"{name}.{k}")
+                               for k in self.knobs_of(name)})
+            for name in self.layers
+        }
         return CompressionPlan(
             layers=layers,
             temperature=trial.suggest_float("temperature", *self.temperature, log=True),
@@ -102,20 +129,13 @@ class SearchSpace:
     def params_of(self, plan: CompressionPlan) -> dict[str, Any]:
         """The study parameters that make :meth:`sample` return ``plan`` (clipped into the
         ranges; knobs the space does not have are dropped)."""
-
-        def clip(v: float, lo_hi: tuple[float, float]) -> float:
-            return min(max(v, lo_hi[0]), lo_hi[1])
-
         params: dict[str, Any] = {}
         for name in self.layers:
             lp = plan.layer(name)
-            if self.unstructured:
-                params[f"{name}.sparsity"] = clip(lp.sparsity, self.sparsity)
-            if self.structured and name not in self.fixed_channels:
-                params[f"{name}.keep_ratio"] = clip(lp.keep_ratio, self.keep_ratio)
-            params[f"{name}.rank_ratio"] = clip(lp.rank_ratio, self.rank_ratio)
-            params[f"{name}.bits"] = lp.bits
-        params["temperature"] = clip(plan.temperature, self.temperature)
+            for k in self.knobs_of(name):
+                params[f"{name}.{k}"] = self.range_of(k).clip(lp[k])
+        params["temperature"] = min(max(plan.temperature, self.temperature[0]),
+                                    self.temperature[1])
         params["alpha"] = plan.alpha
         return params
 

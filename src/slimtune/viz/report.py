@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from slimtune.knobs import KNOBS
 from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.study import Run, open_run
 
@@ -63,12 +64,16 @@ def front_info(run: str | Path | Run) -> FrontInfo:
 
 
 def plan_summary(plan: dict[str, Any]) -> str:
-    """One line per layer: ``name: s=0.70 k=1.00 r=0.50 b=4``."""
-    lines = [
-        f"{n}: s={lp['sparsity']:.2f} k={lp.get('keep_ratio', 1.0):.2f} "
-        f"r={lp['rank_ratio']:.2f} b={lp['bits']}"
-        for n, lp in plan.get("layers", {}).items()
-    ]
+    """One line per layer: ``name: s=0.70 k=1.00 r=0.50 b=4`` (every knob of plan version
+    1, then any other knob that changes the layer, e.g. ``2:4``)."""
+    from slimtune.spaces.plan import LayerPlan
+
+    lines = []
+    for n, lp in plan.get("layers", {}).items():
+        values = LayerPlan.from_dict(lp)
+        parts = [k.summary(values[name]) for name, k in KNOBS.items()
+                 if k.always_stored or k.active(values[name])]
+        lines.append(f"{n}: {' '.join(parts)}")
     if "temperature" in plan:
         lines.append(f"T={plan['temperature']:.2f} alpha={plan['alpha']:.2f}")
     return "<br>".join(lines)

@@ -1,0 +1,63 @@
+"""Unstructured sparsity: the fraction of a layer's weights zeroed by magnitude."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from slimtune.codec import Reader, decode_index, encode_index
+from slimtune.knobs.base import FloatRange, MaskKnob, check_ratio
+
+
+def pruned_count(numel: int, sparsity: float) -> int:
+    """How many weights a layer of ``numel`` weights loses at ``sparsity`` (exact)."""
+    return int(round(sparsity * numel))
+
+
+class Sparsity(MaskKnob):
+    """``sparsity`` in [0, 1): that fraction of the layer's weights, the smallest in
+    magnitude, is zero and stays zero through fine-tuning. After another mask knob (2:4)
+    it counts the same positions overall: it zeroes more only where it asks for more zeros
+    than the earlier mask left."""
+
+    name = "sparsity"
+    default = 0.0
+    stage = 30
+    space = FloatRange(0.0, 0.95)
+    always_stored = True
+    ladder = (0.0, 0.5, 0.75, 0.9)
+    probes = (0.5, 0.9)
+
+    def check(self, value: Any) -> float:
+        return check_ratio(self.name, value, low_open=False, high_open=True)
+
+    def in_space(self, space: Any, layer: str) -> bool:
+        return bool(space.unstructured)
+
+    def apply(self, model: Any, values: Mapping[str, Any], input_shape: Any) -> Any:
+        from slimtune.compress.prune import PruneConfig, prune
+
+        return prune(model, PruneConfig(dict(values)), inplace=True)
+
+    def kept(self, shape: tuple[int, ...], value: Any, before: int) -> int:
+        numel = int(np.prod(shape))
+        return min(before, numel - pruned_count(numel, value))
+
+    def encode_index(self, before: np.ndarray, mask: np.ndarray, value: Any,
+                     shape: tuple[int, ...]) -> bytes:
+        return encode_index(mask[before])  # over the positions still kept: all, alone
+
+    def decode_index(self, reader: Reader, before: np.ndarray, value: Any,
+                     shape: tuple[int, ...], kept: int, key: str) -> np.ndarray:
+        among = decode_index(reader, int(before.sum()), kept, key)
+        keep = np.zeros_like(before)
+        keep[np.flatnonzero(before)[among]] = True
+        return keep
+
+    def summary(self, value: Any) -> str:
+        return f"s={value:.2f}"
+
+
+KNOB = Sparsity()
