@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ConfigError
+from slimtune.objectives.table import OBJECTIVES, objectives_of
+from slimtune.spaces.space import PRUNING_MODES
 
 __all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES", "RESUME_OVERRIDES",
            "parse_quantity"]
@@ -47,14 +49,6 @@ def parse_quantity(text: str | int | float, what: str, suffix: str = "") -> int:
     return int(round(value))
 
 SAMPLERS = ("nsga2", "nsga3", "tpe", "gp", "random")
-#: objective name -> (trial metric it optimizes, direction)
-OBJECTIVES: dict[str, tuple[str, str]] = {
-    "accuracy": ("accuracy", "maximize"),
-    "size": ("size_bytes", "minimize"),
-    "flops": ("flops", "minimize"),
-    "latency": ("latency_ms", "minimize"),
-}
-PRUNING_MODES = ("unstructured", "structured", "both")
 
 
 @dataclass(frozen=True)
@@ -79,6 +73,7 @@ class SearchConfig:
     val_subset: int | None = None  # at most this many validation examples (default above)
     checkpoint: Path | None = None  # the user's trained weights for --model (no training)
     pruning: str = "both"  # which per-layer pruning knobs the space has
+    knobs: tuple[str, ...] = ()  # opt-in knobs searched too (`--knob two_four`)
     objectives: tuple[str, ...] = ("accuracy", "size", "flops")
     max_failures: int | None = None  # end the search once this many trials failed
     max_size: int | None = None  # bytes: plans above are recorded infeasible, not trained
@@ -121,6 +116,10 @@ class SearchConfig:
         ]
         objectives = tuple(self.objectives)
         object.__setattr__(self, "objectives", objectives)
+        object.__setattr__(self, "knobs", tuple(self.knobs))
+        from slimtune.knobs import KNOBS
+
+        opt_in = [n for n, k in KNOBS.items() if k.opt_in]
         checks += [
             (self.pruning in PRUNING_MODES, f"`--pruning` must be one of "
              f"{', '.join(PRUNING_MODES)}, but got {self.pruning!r}"),
@@ -130,6 +129,8 @@ class SearchConfig:
              and len(objectives) >= 2,
              f"`--objectives` must name accuracy and at least one other objective, each "
              f"once, but got {','.join(objectives)!r}"),
+            (all(k in opt_in for k in self.knobs), f"`--knob` must name opt-in knobs from "
+             f"{', '.join(opt_in)}, but got {','.join(self.knobs)!r}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -151,11 +152,11 @@ class SearchConfig:
     @property
     def metrics(self) -> list[str]:
         """The trial metrics the study optimizes, in objective order."""
-        return [OBJECTIVES[o][0] for o in self.objectives]
+        return [o.metric for o in objectives_of(self.objectives)]
 
     @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o][1] for o in self.objectives]
+        return [o.direction for o in objectives_of(self.objectives)]
 
     @property
     def constraints(self) -> dict[str, float]:
@@ -174,6 +175,7 @@ class SearchConfig:
         d = asdict(self)
         d.pop("storage")
         d["objectives"] = list(self.objectives)
+        d["knobs"] = list(self.knobs)
         for k in ("data_dir", "checkpoint"):
             d[k] = str(d[k]) if d[k] is not None else None
         d["run_dir"] = str(self.resolved_run_dir)

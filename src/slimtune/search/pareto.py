@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
+
+from slimtune.objectives import dominance
+from slimtune.objectives.dominance import nondominated
+from slimtune.objectives.table import DEFAULT_OBJECTIVES, OBJECTIVES, objectives_of
 
 __all__ = ["FrontPoint", "pareto_front", "hypervolume", "normalized_losses"]
 
@@ -20,6 +26,17 @@ class FrontPoint:
     dense_flops: int | None = None
     bitops: int | None = None
     latency_ms: float | None = None
+    #: the other objectives' metrics the trial recorded (e.g. ``stored_weights``)
+    extra: dict[str, float] = field(default_factory=dict, compare=False)
+
+    def metric(self, name: str) -> float:
+        """The value of trial metric ``name`` (``accuracy``, ``size_bytes``, ...)."""
+        if name in self.extra:
+            return self.extra[name]
+        value = getattr(self, name, None)
+        if value is None:
+            raise KeyError(f"trial {self.trial} has no `{name}`")
+        return float(value)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -33,6 +50,7 @@ class FrontPoint:
         }
         if self.latency_ms is not None:
             d["latency_ms"] = self.latency_ms
+        d.update(self.extra)
         return d
 
     @classmethod
@@ -47,39 +65,45 @@ class FrontPoint:
             dense_flops=a.get("dense_flops"),
             bitops=a.get("bitops"),
             latency_ms=a.get("latency_ms"),
+            extra={o.metric: a[o.metric] for o in OBJECTIVES.values()
+                   if o.metric in a and o.metric not in _FIELDS},
         )
 
 
+def _feasible(t: optuna.trial.FrozenTrial) -> bool:
+    """All of the trial's constraints (budgets) hold, as Optuna judges them."""
+    return all(c <= 0.0 for c in t.constraints.values())
+
+
 def pareto_front(study: optuna.Study) -> list[FrontPoint]:
-    """Non-dominated complete trials under the study's objectives, smallest first.
+    """Non-dominated feasible complete trials under the study's objectives, smallest first.
 
     Trials with identical objective values are kept once (the earliest).
     """
-    seen: set[tuple[float, ...]] = set()
-    points = []
-    for t in sorted(study.best_trials, key=lambda t: t.number):
-        key = tuple(t.values)
-        if key in seen:
-            continue
-        seen.add(key)
-        points.append(FrontPoint.of(t))
+    directions = [d.name.lower() for d in study.directions]
+    done = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+            if _feasible(t)]
+    front = nondominated(sorted(done, key=lambda t: t.number), lambda t: t.values, directions)
+    points = [FrontPoint.of(t) for t in front]
     return sorted(points, key=lambda p: (p.size_bytes, -p.accuracy))
 
 
-def normalized_losses(points: list[FrontPoint], teacher: dict[str, Any]) -> list[list[float]]:
-    """Each point as (size / teacher size, FLOPs / teacher FLOPs, 1 - accuracy)."""
-    return [[p.size_bytes / teacher["size_bytes"], p.flops / teacher["flops"], 1.0 - p.accuracy]
+def normalized_losses(points: list[FrontPoint], teacher: dict[str, Any],
+                      objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[list[float]]:
+    """Each point as its losses relative to the teacher, one per objective: cost / the
+    teacher's cost, ``1 - accuracy`` (:meth:`Objective.loss`). The default objectives give
+    (1 - accuracy, size / teacher size, FLOPs / teacher FLOPs)."""
+    objs = objectives_of(objectives)
+    return [[o.loss(p.metric(o.metric), teacher.get(o.metric, 0.0)) for o in objs]
             for p in points]
 
 
-def hypervolume(points: list[FrontPoint], teacher: dict[str, Any]) -> float:
+def hypervolume(points: list[FrontPoint], teacher: dict[str, Any],
+                objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> float:
     """Hypervolume of ``points`` in the normalized space of :func:`normalized_losses`, with
-    reference point (1, 1, 1): 0 for nothing better than the teacher's size and FLOPs at zero
+    reference point 1 on every axis: 0 for nothing better than the teacher's costs at zero
     accuracy, 1 for a free, perfect model. Points outside the reference box add nothing."""
-    import numpy as np
-    from optuna._hypervolume import compute_hypervolume  # private: wrapped here only
+    return dominance.hypervolume(normalized_losses(points, teacher, objectives))
 
-    losses = [x for x in normalized_losses(points, teacher) if all(v < 1.0 for v in x)]
-    if not losses:
-        return 0.0
-    return float(compute_hypervolume(np.asarray(losses), np.ones(3), assume_pareto=False))
+
+_FIELDS = {f.name for f in fields(FrontPoint)}

@@ -29,6 +29,8 @@ from typing import Any
 import optuna
 
 from slimtune.errors import RunDirError
+from slimtune.objectives.table import DEFAULT_OBJECTIVES
+from slimtune.objectives.table import OBJECTIVES as OBJECTIVE_TABLE
 from slimtune.search import storage as _storage
 from slimtune.search.storage import DB_NAME, storage_url
 
@@ -39,8 +41,9 @@ __all__ = [
 ]
 
 STUDY_NAME = "slimtune"
-OBJECTIVES = ("accuracy", "size_bytes", "flops")
-DIRECTIONS = ("maximize", "minimize", "minimize")
+#: the metrics and directions of a study of the default objectives
+OBJECTIVES = tuple(OBJECTIVE_TABLE[o].metric for o in DEFAULT_OBJECTIVES)
+DIRECTIONS = tuple(OBJECTIVE_TABLE[o].direction for o in DEFAULT_OBJECTIVES)
 
 
 #: seconds between heartbeats of running trials in a shared (--storage) study; a RUNNING

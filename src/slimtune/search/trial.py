@@ -18,16 +18,19 @@ import torch
 from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
 from slimtune.data.datasets import load_dataset
-from slimtune.export.artifact import decode, encode, stored_weights
 from slimtune.models.zoo import build_model
 from slimtune.objectives.accuracy import accuracy
-from slimtune.objectives.flops import count_flops
-from slimtune.objectives.latency import latency_ms
+from slimtune.objectives.dominance import dominates
+from slimtune.objectives.measure import Measured
+from slimtune.objectives.table import objectives_of
 from slimtune.spaces.plan import CompressionPlan
-from slimtune.trust import NO_TRUST, Trust
+from slimtune.trust import Trust
 
-__all__ = ["TrialSpec", "run_trial", "measure", "cost", "early_stop_margin", "dominator",
-           "worker_device"]
+__all__ = ["TrialSpec", "run_trial", "early_stop_margin", "dominator", "worker_device",
+           "early_stop_axes"]
+
+#: a finished trial, as early stopping sees it: (its number, metric -> value)
+Finished = tuple[int, dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -41,15 +44,16 @@ class TrialSpec:
     seed: int
     threads: int = 1
     gpu_fraction: float = 0.0  # share of one GPU this trial may use (0 = run on CPU)
-    latency: bool = False  # also measure batch-1 latency of the exported model
+    #: the study's objectives (``--objectives``); the recorded ones are always measured
+    objectives: tuple[str, ...] = ("accuracy", "size", "flops")
     data_dir: str | None = None
     subset: int | None = None
     val_subset: int | None = None
     max_size: int | None = None  # bytes; a plan above it is not trained
     max_flops: int | None = None  # effective MACs; a plan above it is not trained
     early_stop: bool = True
-    #: (trial number, size_bytes, flops, val accuracy) of finished feasible trials
-    front: tuple[tuple[int, int, int, float], ...] = ()
+    #: finished feasible trials (see :data:`Finished`), for early stopping
+    front: tuple[Finished, ...] = ()
     #: user modules the search trusts (its model and data set may be user code)
     trust: tuple[str, ...] = ()
 
@@ -63,15 +67,22 @@ def early_stop_margin(epoch: int, epochs: int) -> float:
     return 0.03 + 0.6 * left**1.5
 
 
-def dominator(
-    front: tuple[tuple[int, int, int, float], ...], size: int, flops: int, acc: float,
-    margin: float,
-) -> tuple[int, float] | None:
-    """The first finished trial no larger, needing no more FLOPs, and more than ``margin``
-    more accurate than (size, flops, acc): (its number, its accuracy), else None."""
-    for number, s, f, a in front:
-        if s <= size and f <= flops and a > acc + margin:
-            return number, a
+def early_stop_axes(objectives: tuple[str, ...]) -> list[str]:
+    """The metrics early stopping compares on: the objectives known before training (size,
+    FLOPs, stored weights), then accuracy."""
+    return [o.metric for o in objectives_of(objectives) if o.before_training] + ["accuracy"]
+
+
+def dominator(front: tuple[Finished, ...], mine: dict[str, float], axes: list[str],
+              margin: float) -> tuple[int, float] | None:
+    """The first finished trial that dominates ``mine`` on ``axes`` (accuracy last) with
+    ``margin`` added to its accuracy: (its number, its accuracy), else None."""
+    directions = ["maximize" if a == "accuracy" else "minimize" for a in axes]
+    here = [mine[a] for a in axes[:-1]] + [mine["accuracy"] + margin]
+    for number, values in front:
+        if values["accuracy"] > here[-1] and dominates([values[a] for a in axes], here,
+                                                       directions):
+            return number, values["accuracy"]
     return None
 
 
@@ -79,53 +90,6 @@ class _Stop(Exception):
     def __init__(self, epoch: int, acc: float, by: tuple[int, float]) -> None:
         super().__init__(epoch)
         self.epoch, self.acc, self.by = epoch, acc, by
-
-
-def cost(
-    student: torch.nn.Module, model_name: str, num_classes: int,
-    input_shape: tuple[int, ...], plan: CompressionPlan, trust: Trust = NO_TRUST,
-) -> tuple[bytes, torch.nn.Module, Any]:
-    """The artifact of ``student``, the model decoded from it, and its FLOPs report
-    (``trust``: the search's, for a user model)."""
-    blob = encode(student, model_name, num_classes, input_shape, plan)
-    exported, header = decode(blob, trust=trust, source="the search's settings")
-    return blob, exported, count_flops(exported, input_shape,
-                                       stored_weights(exported, header.plan))
-
-
-def measure(
-    student: torch.nn.Module,
-    model_name: str,
-    num_classes: int,
-    input_shape: tuple[int, ...],
-    plan: CompressionPlan,
-    x_val: torch.Tensor,
-    y_val: torch.Tensor,
-    *,
-    latency_device: torch.device | str | None = None,
-    test: tuple[torch.Tensor, torch.Tensor] | None = None,
-    trust: Trust = NO_TRUST,
-) -> dict[str, Any]:
-    """Export ``student`` and measure the artifact itself: the numbers a user will get.
-
-    ``flops`` is the effective count (the objective); ``dense_flops`` and ``bitops`` are
-    reported beside it. With ``latency_device``, also ``latency_ms`` there; with ``test``
-    (reports only, never the search), also ``test_accuracy``.
-    """
-    blob, exported, report = cost(student, model_name, num_classes, input_shape, plan, trust)
-    out: dict[str, Any] = {
-        "accuracy": accuracy(exported, x_val, y_val),
-        "size_bytes": len(blob),
-        "flops": report.effective,
-        "dense_flops": report.dense,
-        "bitops": report.bitops,
-        "artifact": blob,
-    }
-    if test is not None:
-        out["test_accuracy"] = accuracy(exported, *test)
-    if latency_device is not None:
-        out["latency_ms"] = latency_ms(exported, input_shape, latency_device)
-    return out
 
 
 def worker_device(threads: int, gpu_fraction: float) -> torch.device:
@@ -160,32 +124,31 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     plan = CompressionPlan.from_dict(spec.plan)
     student = apply(teacher, plan, data.input_shape)
 
-    blob, untrained, report = cost(student, spec.model, data.num_classes, data.input_shape,
-                                   plan, trust)
-    size = len(blob)
+    # size, FLOPs and stored weights are final before training: a plan over budget stops
+    measured = Measured.of(student, spec.model, data.num_classes, data.input_shape, plan,
+                           (data.x_val, data.y_val), device)
+    size, flops = len(measured.blob), measured.flops.effective
     if (spec.max_size is not None and size > spec.max_size) or (
-        spec.max_flops is not None and report.effective > spec.max_flops
+        spec.max_flops is not None and flops > spec.max_flops
     ):
-        out = {
-            "status": "over_budget", "accuracy": accuracy(untrained, data.x_val, data.y_val),
-            "size_bytes": size, "flops": report.effective, "dense_flops": report.dense,
-            "bitops": report.bitops, "epochs_trained": 0, "curve": [],
-        }
-        if spec.latency:
-            out["latency_ms"] = latency_ms(untrained, data.input_shape, device)
+        out = {"status": "over_budget", **measured.results(spec.objectives),
+               "epochs_trained": 0, "curve": []}
         out["seconds"] = time.perf_counter() - t0
         out["ran"] = [began, time.time()]
         return {**out, **where}
 
     curve: list[float] = []
     x_val, y_val = train.x_val, train.y_val
+    axes = early_stop_axes(spec.objectives)
+    known = {o.metric: o.measure(measured) for o in objectives_of(spec.objectives)
+             if o.before_training}
 
     def on_epoch(epoch: int, _loss: float) -> None:
         acc = accuracy(student, x_val, y_val)
         student.train()
         curve.append(acc)
         if spec.early_stop and epoch < spec.epochs:
-            by = dominator(spec.front, size, report.effective, acc,
+            by = dominator(spec.front, {**known, "accuracy": acc}, axes,
                            early_stop_margin(epoch, spec.epochs))
             if by is not None:
                 raise _Stop(epoch, acc, by)
@@ -200,15 +163,14 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
                 generator=torch.Generator().manual_seed(spec.seed), on_epoch=on_epoch)
     except _Stop as stop:
         return {
-            "status": "pruned", "accuracy": stop.acc, "size_bytes": size,
-            "flops": report.effective, "dense_flops": report.dense, "bitops": report.bitops,
+            "status": "pruned", "accuracy": stop.acc, "size_bytes": size, "flops": flops,
+            "dense_flops": measured.flops.dense, "bitops": measured.flops.bitops,
             "epochs_trained": stop.epoch, "curve": curve, "dominated_by": stop.by[0],
             "dominator_accuracy": stop.by[1], "seconds": time.perf_counter() - t0,
             "ran": [began, time.time()], **where,
         }
-    out = measure(student, spec.model, data.num_classes, data.input_shape, plan,
-                  data.x_val, data.y_val, latency_device=device if spec.latency else None,
-                  trust=trust)
+    final = measured.again(student)
+    out = {**final.results(spec.objectives), "artifact": final.blob}
     out.update(status="complete", epochs_trained=spec.epochs, curve=curve,
                seconds=time.perf_counter() - t0, ran=[began, time.time()], **where)
     return out
