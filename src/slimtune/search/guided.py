@@ -287,19 +287,9 @@ class ProbeSpec:
 def probe_task(spec: ProbeSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """:func:`probe_layers` in a Ray task: the data set and teacher rebuilt in the worker,
     on its GPU share when it has one (as trials run)."""
-    from slimtune.data.datasets import load_dataset
-    from slimtune.models.zoo import build_model
-    from slimtune.search.trial import worker_device
-    from slimtune.trust import Trust
+    from slimtune.search.worker import set_up
 
-    device = worker_device(spec.threads, spec.gpu_fraction)
-    trust, named_by = Trust.of(spec.trust), "the search's settings"
-    data = load_dataset(spec.data, spec.data_dir, spec.subset, spec.val_subset, trust=trust,
-                        source=named_by)
-    teacher = build_model(spec.model, data.num_classes, data.input_shape, trust=trust,
-                          source=named_by)
-    teacher.load_state_dict(teacher_state)
-    teacher.to(device).eval()
+    device, data, teacher = set_up(spec, teacher_state)
     space = SearchSpace.from_model(teacher, data.input_shape, spec.pruning)
     x_val = data.x_val[:PROBE_EXAMPLES].to(device)
     y_val = data.y_val[:PROBE_EXAMPLES].to(device)

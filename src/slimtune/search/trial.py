@@ -17,14 +17,12 @@ import torch
 
 from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
-from slimtune.data.datasets import load_dataset
-from slimtune.models.zoo import build_model
 from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.dominance import dominates
 from slimtune.objectives.measure import Measured
 from slimtune.objectives.table import objectives_of
+from slimtune.search.worker import set_up, worker_device
 from slimtune.spaces.plan import CompressionPlan
-from slimtune.trust import Trust
 
 __all__ = ["TrialSpec", "run_trial", "early_stop_margin", "dominator", "worker_device",
            "early_stop_axes"]
@@ -92,35 +90,17 @@ class _Stop(Exception):
         self.epoch, self.acc, self.by = epoch, acc, by
 
 
-def worker_device(threads: int, gpu_fraction: float) -> torch.device:
-    """Set up a Ray task's process for its share: ``threads`` torch threads (its CPUs), and
-    its GPU share when it has one, else the CPU."""
-    torch.set_num_threads(max(1, threads))
-    if gpu_fraction > 0 and torch.cuda.is_available():
-        # Ray does not isolate GPU memory between fractional trials: keep to our share
-        torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_fraction))
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Run one trial. The result's ``status``: ``complete``, ``pruned`` (stopped early:
     ``accuracy`` is the last epoch's) or ``over_budget`` (not trained: ``accuracy`` is the
     compressed model's before any fine-tune)."""
     t0 = time.perf_counter()
     began = time.time()
-    device = worker_device(spec.threads, spec.gpu_fraction)
+    device, data, teacher = set_up(spec, teacher_state)
     torch.manual_seed(spec.seed)
     where = {"threads": torch.get_num_threads(), "device": str(device),  # as it ran
              "seed": spec.seed}
-    trust, named_by = Trust.of(spec.trust), "the search's settings"
-    data = load_dataset(spec.data, spec.data_dir, spec.subset, spec.val_subset, trust=trust,
-                        source=named_by)
     train = data.to(device)
-    teacher = build_model(spec.model, data.num_classes, data.input_shape, trust=trust,
-                          source=named_by)
-    teacher.load_state_dict(teacher_state)
-    teacher.to(device).eval()
     plan = CompressionPlan.from_dict(spec.plan)
     student = apply(teacher, plan, data.input_shape)
 
