@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtune.data.split import Augment, Batch, Split, TensorSplit
 from slimtune.errors import ConfigError
+from slimtune.models.train import logits_of, train_loop
 
 __all__ = ["DistillConfig", "kd_loss", "distill", "TrialDiverged"]
 
@@ -64,54 +66,65 @@ def kd_loss(
 def distill(
     student: nn.Module,
     teacher: nn.Module | torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    config: DistillConfig,
-    *,
-    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+    train: Split | torch.Tensor,
+    *rest: torch.Tensor | DistillConfig,
+    augment: Augment | None = None,
     generator: torch.Generator | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
-    """Fine-tune ``student`` in place on ``(x, y)`` against the teacher.
+    """Fine-tune ``student`` in place on the split ``train`` against the teacher:
+    ``distill(student, teacher, train, config)``.
 
-    ``teacher`` is either the teacher's logits on ``x`` (precomputed once) or the teacher
-    module, run on every (augmented) batch. Data are tensors already on the student's
-    device; batches are index slices of a fresh permutation each epoch (no DataLoader).
-    ``on_epoch(epoch, mean_loss)`` is called after every epoch.
+    ``teacher`` is either the teacher's logits on ``train`` (precomputed, indexed by each
+    batch's ``index``) or the teacher module: run once on the whole split when the split
+    does not augment, else on every augmented batch. Batches are those of
+    ``train.batches(config.batch_size, shuffle=True, generator=generator, augment=True)``
+    on the student's device. ``on_epoch(epoch, mean_loss)`` is called after every epoch.
+    The older form ``distill(student, teacher, x, y, config, augment=...)`` takes tensors.
     """
+    if isinstance(train, torch.Tensor):  # the older form: tensors x, y and the augment
+        y, config = rest
+        train = TensorSplit(train, y, augment)  # type: ignore[arg-type]
+    elif augment is not None or len(rest) != 1:
+        raise TypeError("`distill(student, teacher, train, config)` takes a split and its "
+                        f"config (the split carries its augmentation), but got "
+                        f"{1 + len(rest)} data arguments and augment={augment!r}")
+    else:
+        (config,) = rest
+    if not isinstance(config, DistillConfig):
+        raise TypeError(f"`config` must be a DistillConfig, but got a {type(config).__name__}")
     if isinstance(teacher, nn.Module):
         teacher.eval()
-        if augment is None:  # the same inputs every epoch: compute the logits once
-            from slimtune.objectives.accuracy import logits_of
-
-            teacher = logits_of(teacher, x)
-    if config.epochs == 0 or len(x) == 0:
+        if not train.augments:  # the same inputs every epoch: compute the logits once
+            teacher = logits_of(teacher, train)
+    n = len(train)
+    if config.epochs == 0 or n == 0:
         return student
-    n = len(x)
     steps_per_epoch = math.ceil(n / config.batch_size)
     opt = torch.optim.Adam(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
-    student.train()
-    for epoch in range(config.epochs):
-        perm = torch.randperm(n, generator=generator).to(x.device)
-        total = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            xb = x[idx] if augment is None else augment(x[idx], generator)
-            if isinstance(teacher, nn.Module):
-                with torch.no_grad():
-                    t_logits = teacher(xb)
-            else:
-                t_logits = teacher[idx]
-            loss = kd_loss(student(xb), t_logits, y[idx], config.temperature, config.alpha)
-            if not torch.isfinite(loss):
-                raise TrialDiverged(f"non-finite distillation loss at epoch {epoch + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
+    total = 0.0  # sum of the per-example losses of this epoch
+
+    def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
+        if isinstance(teacher, nn.Module):
+            with torch.no_grad():
+                t_logits = teacher(batch.x)
+        else:
+            t_logits = teacher[batch.index]
+        return kd_loss(model(batch.x), t_logits, batch.y, config.temperature, config.alpha)
+
+    def check(epoch: int, _step: int, batch: Batch, loss: torch.Tensor) -> None:
+        nonlocal total
+        if not torch.isfinite(loss):
+            raise TrialDiverged(f"non-finite distillation loss at epoch {epoch}")
+        total += float(loss.detach()) * len(batch.index)
+
+    def report(epoch: int) -> None:
+        nonlocal total
         if on_epoch is not None:
-            on_epoch(epoch + 1, total / n)
-    student.eval()
-    return student
+            on_epoch(epoch, total / n)
+        total = 0.0
+
+    return train_loop(student, train, loss_fn, opt, sched, epochs=config.epochs,
+                      batch_size=config.batch_size, generator=generator, on_batch=check,
+                      on_epoch=report)

@@ -1,4 +1,4 @@
-"""Datasets, each split deterministically into train / validation / test tensors.
+"""Datasets, each split deterministically into train / validation / test splits.
 
 The validation split is carved from the training data with a fixed seed and is the only
 split the search reads; the test split is read for reports and export only.
@@ -30,11 +30,12 @@ import torch
 
 from slimtune.data.cifar import CIFAR_FILES, read_batches
 from slimtune.data.idx import read_idx
+from slimtune.data.split import Augment, Split, TensorSplit
 from slimtune.errors import ConfigError, DataError, UnknownNameError
 from slimtune.trust import NO_TRUST, Trust, check, resolve
 
 __all__ = ["Splits", "DATASETS", "load_dataset", "SPLIT_SEED", "FASHION_MNIST_DIR",
-           "read_idx", "crop_flip"]
+           "read_idx", "crop_flip", "Split", "TensorSplit"]
 
 #: the split never depends on the search seed, so every run of one dataset compares alike
 SPLIT_SEED = 0
@@ -42,45 +43,79 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian: dataset
 VAL_FRACTION = 0.1  # of the training data, for the IDX and CIFAR data sets
 
 
+def _tensors_of(which: str, part: str) -> property:
+    """``x_<which>`` / ``y_<which>``: a tensor split's inputs or labels (the older form)."""
+    def get(self: Splits) -> torch.Tensor:
+        split = getattr(self, which)
+        if not isinstance(split, TensorSplit):
+            raise AttributeError(f"`{part}_{which}` needs a split held as tensors, but the "
+                                 f"{which} split of `{self.name}` is a "
+                                 f"{type(split).__name__}; read `.{which}.batches(...)`")
+        return getattr(split, part)
+    return property(get, doc=f"The {which} split's {'inputs' if part == 'x' else 'labels'}.")
+
+
 @dataclass
 class Splits:
-    """Tensors ``(x, y)`` for each split, plus what a model needs to know.
+    """The train, validation and test :class:`~slimtune.data.split.Split` of a data set,
+    plus what a model needs to know.
 
     ``augment`` names the training-time augmentation (``"crop_flip"`` for CIFAR-10: random
-    crop with 4 pixels of padding and a horizontal flip), applied per batch on the device.
+    crop with 4 pixels of padding and a horizontal flip), applied per batch on the device
+    by ``train.batches(augment=True)``. ``x_train``, ``y_train``, ... are the tensors of
+    splits held in memory, for older callers; code above ``data/`` reads batches.
     """
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    train: Split
+    val: Split
+    test: Split
     num_classes: int
     augment: str | None = None
 
+    x_train = _tensors_of("train", "x")
+    y_train = _tensors_of("train", "y")
+    x_val = _tensors_of("val", "x")
+    y_val = _tensors_of("val", "y")
+    x_test = _tensors_of("test", "x")
+    y_test = _tensors_of("test", "y")
+
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+        return self.train.input_shape
 
-    def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, which: str) -> Split:
         if which not in ("train", "val", "test"):
             raise UnknownNameError(f"unknown split `{which}`; choose train, val or test")
-        return getattr(self, f"x_{which}"), getattr(self, f"y_{which}")
+        return getattr(self, which)
 
     def to(self, device: torch.device | str) -> Splits:
-        moved = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()
-        }
-        return Splits(**moved)
+        return replace(self, train=self.train.to(device), val=self.val.to(device),
+                       test=self.test.to(device))
 
     def augment_batch(self, x: torch.Tensor, generator: torch.Generator | None = None
                       ) -> torch.Tensor:
         """The training augmentation of this data set applied to one batch (or ``x``)."""
-        if self.augment == "crop_flip":
-            return crop_flip(x, pad=4, generator=generator)
-        return x
+        fn = _augmentation(self.augment)
+        return x if fn is None else fn(x, generator)
+
+
+def _augmentation(name: str | None) -> Augment | None:
+    """The augmentation ``name`` names (None: none)."""
+    return _crop_flip_4 if name == "crop_flip" else None
+
+
+def _crop_flip_4(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return crop_flip(x, pad=4, generator=generator)
+
+
+def _tensor_splits(name: str, train: tuple[torch.Tensor, torch.Tensor],
+                   val: tuple[torch.Tensor, torch.Tensor],
+                   test: tuple[torch.Tensor, torch.Tensor], num_classes: int,
+                   augment: str | None = None) -> Splits:
+    """:class:`Splits` held as tensors, the training split augmented by ``augment``."""
+    return Splits(name, TensorSplit(*train, augment=_augmentation(augment)),
+                  TensorSplit(*val), TensorSplit(*test), num_classes, augment)
 
 
 def crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None
@@ -119,11 +154,9 @@ def _normalized(
     norm = (xt - mean) / std
     xtest = (torch.from_numpy(x_test.astype(np.float32)) - mean) / std
     yt = torch.from_numpy(y_train.astype(np.int64))
-    return Splits(
-        name=name, x_train=norm[tr], y_train=yt[tr], x_val=norm[va], y_val=yt[va],
-        x_test=xtest, y_test=torch.from_numpy(y_test.astype(np.int64)),
-        num_classes=num_classes, augment=augment,
-    )
+    return _tensor_splits(name, (norm[tr], yt[tr]), (norm[va], yt[va]),
+                          (xtest, torch.from_numpy(y_test.astype(np.int64))), num_classes,
+                          augment)
 
 
 # -- digits ---------------------------------------------------------------------------
@@ -143,13 +176,8 @@ def _load_digits(data_dir: Path | None) -> Splits:
     mean, std = x[train].mean(), x[train].std()
     xt = torch.from_numpy((x - mean) / std).unsqueeze(1)  # N x 1 x 8 x 8
     yt = torch.from_numpy(y)
-    return Splits(
-        name="digits",
-        x_train=xt[train], y_train=yt[train],
-        x_val=xt[val], y_val=yt[val],
-        x_test=xt[test], y_test=yt[test],
-        num_classes=10,
-    )
+    return _tensor_splits("digits", (xt[train], yt[train]), (xt[val], yt[val]),
+                          (xt[test], yt[test]), num_classes=10)
 
 
 # -- checks every loaded set passes ----------------------------------------------------
@@ -332,7 +360,7 @@ def _load_user(spec: str, data_dir: Path | None) -> Splits:
         ("its train split", xtr, ytr), ("its val split", xva, yva),
         ("its test split", xte, yte),
     ], carve_val=False)
-    return Splits(spec, xtr, ytr, xva, yva, xte, yte, num_classes=classes)
+    return _tensor_splits(spec, (xtr, ytr), (xva, yva), (xte, yte), num_classes=classes)
 
 
 DATASETS: dict[str, Callable[[Path | None], Splits]] = {
@@ -378,18 +406,17 @@ def _pick(y: torch.Tensor, k: int) -> torch.Tensor:
 def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
     """At most ``n`` training examples and ``n // 4`` test ones, and at most ``n_val``
     validation ones (``n // 4`` when not given), stratified."""
-    def pick(x: torch.Tensor, y: torch.Tensor, k: int | None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        if k is None or k >= len(y):  # None: all of it
-            return x, y
-        idx = _pick(y, k)
-        return x[idx], y[idx]
+    def pick(split: Split, k: int | None) -> Split:
+        if k is None or k >= len(split):  # None: all of it
+            return split
+        if not isinstance(split, TensorSplit):
+            raise ConfigError(f"`--subset` needs splits held as tensors, but `{s.name}` "
+                              f"gives a {type(split).__name__}")
+        return split.take(_pick(split.y, k))
 
     quarter = max(1, n // 4) if n else None
-    xtr, ytr = pick(s.x_train, s.y_train, n)
-    xva, yva = pick(s.x_val, s.y_val, n_val or quarter)
-    xte, yte = pick(s.x_test, s.y_test, quarter)
-    return replace(s, x_train=xtr, y_train=ytr, x_val=xva, y_val=yva, x_test=xte, y_test=yte)
+    return replace(s, train=pick(s.train, n), val=pick(s.val, n_val or quarter),
+                   test=pick(s.test, quarter))
 
 
 # -- loading --------------------------------------------------------------------------
@@ -438,4 +465,4 @@ def load_dataset(name: str, data_dir: str | Path | None = None, subset: int | No
     if val_subset is not None and val_subset < 1:
         raise ConfigError(f"`--val-subset` must be at least 1, but got {val_subset}")
     s = _cached(name, str(data_dir) if data_dir else None, subset, val_subset)
-    return replace(s)  # a shallow copy: callers may rebind fields, tensors are shared
+    return replace(s)  # a shallow copy: callers may rebind fields, splits are shared

@@ -77,14 +77,14 @@ def evaluate(
         data_dir = card.get("data_dir")
     ds = load_dataset(data, data_dir, card.get("subset") if same else None,
                       card.get("val_subset") if same else None, trust=trust, source=source)
-    x, y = ds.split(split)
-    if tuple(x.shape[1:]) != header.input_shape:
+    examples = ds.split(split)
+    if examples.input_shape != header.input_shape:
         raise RunDirError(
             f"{path} takes inputs of shape {header.input_shape}, but `{data}` has "
-            f"{tuple(x.shape[1:])}; pass the dataset it was made for with --data"
+            f"{examples.input_shape}; pass the dataset it was made for with --data"
         )
-    return {"accuracy": accuracy(model, x, y), "dataset": data, "split": split,
-            "examples": len(y)}
+    return {"accuracy": accuracy(model, examples), "dataset": data, "split": split,
+            "examples": len(examples)}
 
 
 def output_paths(out: str | Path, onnx: bool) -> dict[str, Path]:
@@ -145,8 +145,8 @@ def export(
     cfg = meta["config"]
     ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"),
                       trust=trust, source=f"the study of {run.dir}")
-    test_acc = accuracy(model, ds.x_test, ds.y_test)
-    val_acc = accuracy(model, ds.x_val, ds.y_val)
+    test_acc = accuracy(model, ds.test)
+    val_acc = accuracy(model, ds.val)
     report = count_flops(model, header.input_shape, stored_weights(model, header.plan))
     macs = report.effective
     teacher = meta["teacher"]

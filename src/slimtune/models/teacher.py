@@ -2,7 +2,8 @@
 
 Recipe: SGD with Nesterov momentum, a one-cycle learning-rate schedule, label smoothing,
 weight decay, the data set's own augmentation, mixed precision (bfloat16 autocast) on GPU.
-Data are tensors on the device, batched by index slices of a seeded permutation.
+It runs the one training loop (:func:`slimtune.models.train.train_loop`) over the training
+split's batches: a seeded permutation each epoch, augmented with the same generator.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimtune.data.datasets import Splits
+from slimtune.data.split import Batch
 from slimtune.errors import ConfigError, RunDirError
 from slimtune.files import write_atomic
+from slimtune.models.train import accuracy, train_loop
 from slimtune.models.zoo import build_model
-from slimtune.objectives.accuracy import accuracy
 from slimtune.trust import NO_TRUST, Trust
 
 __all__ = ["TeacherConfig", "train_teacher", "load_or_train_teacher", "cache_dir",
@@ -75,11 +77,7 @@ def data_fingerprint(data: Splits) -> str:
     """A SHA-256 of the training split (images and labels), the data a teacher learns from.
     The validation split is not in it: it never changes the weights (``--val-subset``
     picks fewer validation examples and trains the same teacher)."""
-    h = hashlib.sha256()
-    for t in (data.x_train, data.y_train):
-        h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return data.train.fingerprint()
 
 
 def _cache_path(key: dict[str, Any]) -> Path:
@@ -102,32 +100,29 @@ def train_teacher(
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model.to(device)
-    x, y = data.x_train.to(device), data.y_train.to(device)
-    xv, yv = data.x_val.to(device), data.y_val.to(device)
-    n = len(x)
-    steps = math.ceil(n / config.batch_size)
-    total = max(1, config.epochs * steps)
+    train, val = data.train.to(device), data.val.to(device)
+    total = max(1, config.epochs * math.ceil(len(train) / config.batch_size))  # steps
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           nesterov=True, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total)
     amp = device.type == "cuda"
-    for epoch in range(config.epochs):
-        model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        for i in range(steps):
-            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            xb = data.augment_batch(x[idx], gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = F.cross_entropy(model(xb), y[idx], label_smoothing=config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if on_step is not None:
-                on_step(epoch * steps + i + 1, total)
+
+    def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return F.cross_entropy(model(batch.x), batch.y,
+                                   label_smoothing=config.label_smoothing)
+
+    def progress(_epoch: int, step: int, _batch: Batch, _loss: torch.Tensor) -> None:
+        if on_step is not None:
+            on_step(step, total)
+
+    def report(epoch: int) -> None:
         if on_epoch is not None:
-            on_epoch(epoch + 1, config.epochs, accuracy(model, xv, yv))
-    model.eval()
+            on_epoch(epoch, config.epochs, accuracy(model, val))
+
+    train_loop(model, train, loss_fn, opt, sched, epochs=config.epochs,
+               batch_size=config.batch_size, generator=gen, on_batch=progress,
+               on_epoch=report)
     return model.cpu()
 
 
@@ -232,8 +227,8 @@ def load_or_train_teacher(
             _save(model, cached)
             meta = {"key": key,
                     "seconds": round(time.perf_counter() - t0, 1),
-                    "val_accuracy": accuracy(model, data.x_val, data.y_val),
-                    "test_accuracy": accuracy(model, data.x_test, data.y_test)}
+                    "val_accuracy": accuracy(model, data.val),
+                    "test_accuracy": accuracy(model, data.test)}
             write_atomic(cached.with_suffix(".json"), json.dumps(meta, indent=2) + "\n",
                          "teacher cache entry")
     if path is not None:
@@ -272,7 +267,7 @@ def train_command(
         "model": model, "data": data, "subset": subset, "epochs": config.epochs,
         "source": source, "path": str(path), "train_seconds": round(seconds, 1),
         "device": device,
-        "val_accuracy": accuracy(teacher, ds.x_val, ds.y_val),
-        "test_accuracy": accuracy(teacher, ds.x_test, ds.y_test),
+        "val_accuracy": accuracy(teacher, ds.val),
+        "test_accuracy": accuracy(teacher, ds.test),
         "parameters": sum(p.numel() for p in teacher.parameters()),
     }

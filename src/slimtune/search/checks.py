@@ -41,7 +41,7 @@ def check_model_runs(config: SearchConfig, data: Any, trust: Trust,
     in one line, not after the teacher's training."""
     model = build_model(config.model, data.num_classes, data.input_shape, trust=trust,
                         source=named_by)
-    x = data.x_train[:2]
+    x = next(data.train.batches(2)).x
     try:
         model.eval()
         with torch.no_grad():
