@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtune.data.split import Split
 from slimtune.objectives.flops import FlopsReport, count_flops
 from slimtune.objectives.table import OBJECTIVES, objective
 
@@ -35,7 +36,7 @@ class Measured:
     flops: FlopsReport  # dense / effective / bit operations, exact from the plan
     stored: dict[str, tuple[int, int]]  # compressed layer -> (weights stored, bits)
     input_shape: tuple[int, ...]
-    val: Any  # the validation data accuracy is measured on: a split, or (x, y) tensors
+    val: Split  # the validation split accuracy is measured on
     device: torch.device | str = "cpu"  # where latency is timed
     structure: nn.Module | None = field(default=None, repr=False)  # the plain copy
     header: Any = field(default=None, repr=False)
@@ -44,7 +45,7 @@ class Measured:
 
     @classmethod
     def of(cls, student: nn.Module, model_name: str, num_classes: int,
-           input_shape: tuple[int, ...], plan: Any, val: Any,
+           input_shape: tuple[int, ...], plan: Any, val: Split,
            device: torch.device | str = "cpu") -> Measured:
         """Encode ``student`` (made by ``compress.apply(teacher, plan)``) and count its
         FLOPs on the plain copy the artifact is made from."""
@@ -88,7 +89,7 @@ class Measured:
 
         return latency_ms(copy.deepcopy(self.model), self.input_shape, self.device)
 
-    def results(self, objectives: Iterable[str] = (), *, test: Any = None) -> dict[str, Any]:
+    def results(self, objectives: Iterable[str] = (), *, test: Split | None = None) -> dict[str, Any]:
         """Metric -> value for the recorded objectives and ``objectives``, with
         ``dense_flops`` and ``bitops``; ``test`` (reports only, never the search) adds
         ``test_accuracy``."""
@@ -101,10 +102,8 @@ class Measured:
         return out
 
 
-def accuracy_on(model: nn.Module, data: Any) -> float:
-    """Top-1 accuracy of ``model`` on a split or an ``(x, y)`` pair."""
+def accuracy_on(model: nn.Module, data: Split) -> float:
+    """Top-1 accuracy of ``model`` on a split."""
     from slimtune.objectives.accuracy import accuracy
 
-    if isinstance(data, tuple):
-        return accuracy(model, *data)
     return accuracy(model, data)

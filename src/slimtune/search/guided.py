@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtune.data.split import Split, as_split
 from slimtune.knobs import KNOBS
 from slimtune.spaces.plan import CompressionPlan, LayerPlan
 from slimtune.spaces.space import SearchSpace
@@ -63,10 +64,10 @@ def knobs_of(space: SearchSpace, layer: str) -> tuple[str, ...]:
     return tuple(n for n in space.knobs_of(layer) if n in LADDERS)
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def _accuracy(model: nn.Module, val: Split) -> float:
     from slimtune.objectives.accuracy import accuracy
 
-    return accuracy(model, x, y)
+    return accuracy(model, val)
 
 
 def _weights(model: nn.Module, names: list[str]) -> dict[str, int]:
@@ -76,7 +77,7 @@ def _weights(model: nn.Module, names: list[str]) -> dict[str, int]:
 
 def probe_layers(
     teacher: nn.Module, space: SearchSpace, input_shape: tuple[int, ...], layers: list[str],
-    x_val: torch.Tensor, y_val: torch.Tensor,
+    val: Split | torch.Tensor, y_val: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """The one-shot sensitivity of ``layers``: for each, each knob and each probe level,
     the validation accuracy of the teacher with only that layer compressed; and for each
@@ -85,7 +86,7 @@ def probe_layers(
     data out."""
     from slimtune.compress.apply import apply
 
-    x, y = x_val[:PROBE_EXAMPLES], y_val[:PROBE_EXAMPLES]
+    probe = as_split(val, y_val).head(PROBE_EXAMPLES)
     teacher = teacher.eval()
     all_layers = list(space.layers)
     before = _weights(teacher, all_layers)
@@ -98,12 +99,12 @@ def probe_layers(
             for level in PROBES[knob]:
                 plan = CompressionPlan({name: LayerPlan(**{knob: level})})
                 student = apply(teacher, plan, input_shape)
-                accuracy[name][knob][repr(level)] = _accuracy(student, x, y)
+                accuracy[name][knob][repr(level)] = _accuracy(student, probe)
                 if knob == "keep_ratio" and level == PROBES["keep_ratio"][-1]:
                     after = _weights(student, all_layers)
                     kept = {n: after[n] / before[n] for n in before if n in after}
                     shrink[name] = {n: r for n, r in kept.items() if r < 0.999}
-    return {"base": _accuracy(teacher, x, y), "accuracy": accuracy, "shrink": shrink}
+    return {"base": _accuracy(teacher, probe), "accuracy": accuracy, "shrink": shrink}
 
 
 def layer_shares(
@@ -291,9 +292,8 @@ def probe_task(spec: ProbeSpec, teacher_state: dict[str, torch.Tensor]) -> dict[
 
     device, data, teacher = set_up(spec, teacher_state)
     space = SearchSpace.from_model(teacher, data.input_shape, spec.pruning)
-    x_val = data.x_val[:PROBE_EXAMPLES].to(device)
-    y_val = data.y_val[:PROBE_EXAMPLES].to(device)
-    return probe_layers(teacher, space, data.input_shape, list(spec.layers), x_val, y_val)
+    val = data.val.head(PROBE_EXAMPLES).to(device)
+    return probe_layers(teacher, space, data.input_shape, list(spec.layers), val)
 
 
 def measure_sensitivity(

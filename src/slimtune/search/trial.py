@@ -106,7 +106,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
 
     # size, FLOPs and stored weights are final before training: a plan over budget stops
     measured = Measured.of(student, spec.model, data.num_classes, data.input_shape, plan,
-                           (data.x_val, data.y_val), device)
+                           data.val, device)
     size, flops = len(measured.blob), measured.flops.effective
     if (spec.max_size is not None and size > spec.max_size) or (
         spec.max_flops is not None and flops > spec.max_flops
@@ -118,13 +118,13 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
         return {**out, **where}
 
     curve: list[float] = []
-    x_val, y_val = train.x_val, train.y_val
+    val = train.val
     axes = early_stop_axes(spec.objectives)
     known = {o.metric: o.measure(measured) for o in objectives_of(spec.objectives)
              if o.before_training}
 
     def on_epoch(epoch: int, _loss: float) -> None:
-        acc = accuracy(student, x_val, y_val)
+        acc = accuracy(student, val)
         student.train()
         curve.append(acc)
         if spec.early_stop and epoch < spec.epochs:
@@ -138,8 +138,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
         lr=spec.lr, batch_size=spec.batch_size,
     )
     try:
-        distill(student, teacher, train.x_train, train.y_train, cfg,
-                augment=train.augment_batch if train.augment else None,
+        distill(student, teacher, train.train, cfg,
                 generator=torch.Generator().manual_seed(spec.seed), on_epoch=on_epoch)
     except _Stop as stop:
         return {
