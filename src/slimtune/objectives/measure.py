@@ -89,7 +89,8 @@ class Measured:
 
         return latency_ms(copy.deepcopy(self.model), self.input_shape, self.device)
 
-    def results(self, objectives: Iterable[str] = (), *, test: Split | None = None) -> dict[str, Any]:
+    def results(self, objectives: Iterable[str] = (), *,
+                test: Split | None = None) -> dict[str, Any]:
         """Metric -> value for the recorded objectives and ``objectives``, with
         ``dense_flops`` and ``bitops``; ``test`` (reports only, never the search) adds
         ``test_accuracy``."""
