@@ -4,6 +4,7 @@ other without a cycle, and export/ reads no run through search/."""
 from __future__ import annotations
 
 import ast
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_the_subpackages_import_each_other_without_a_cycle():
     edges = _subpackage_graph()
     cycle = _cycle(set(edges) - KNOWN_EDGES)
     assert cycle is None, "import cycle " + " -> ".join(cycle) + ": " + "; ".join(
-        f"{a} -> {b} in {', '.join(sorted(edges[a, b]))}" for a, b in zip(cycle, cycle[1:]))
+        f"{a} -> {b} in {', '.join(sorted(edges[a, b]))}" for a, b in itertools.pairwise(cycle))
 
 
 def test_export_does_not_import_search():
