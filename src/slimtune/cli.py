@@ -144,10 +144,10 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
     """Search for the best accuracy / size / FLOPs trade-offs."""
     from click.core import ParameterSource
 
+    from slimtune.api import resume
+    from slimtune.api import search as run_search
     from slimtune.search import SearchConfig, SearchEvents
-    from slimtune.search import search as run_search
     from slimtune.search.config import parse_quantity
-    from slimtune.search.engine import resume
 
     kwargs["objectives"] = tuple(o.strip() for o in kwargs["objectives"].split(",") if o.strip())
     if kwargs["max_size"] is not None:
@@ -232,15 +232,15 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         if name in ("COMPLETE", "PRUNED"):
             acc, size, macs = a["val_accuracy"], a["size_bytes"], a["flops"]
             line = (f"trial {t.number:3d}  acc {acc:.4f}  {_fmt_bytes(size):>9} "
-                    f"({teacher['size_bytes'] / size:4.1f}x)  {_fmt_count(macs):>7} MACs "
-                    f"({teacher['flops'] / max(macs, 1):4.2f}x)  {a.get('seconds', 0):4.1f} s")
+                    f"({t.x_smaller(teacher):4.1f}x)  {_fmt_count(macs):>7} MACs "
+                    f"({t.x_fewer(teacher):4.2f}x)  {a.get('seconds', 0):4.1f} s")
             if name == "PRUNED":
                 line += (f"  stopped after epoch {a['epochs_trained']}: trial "
                          f"{a['dominated_by']} is no larger and reached "
                          f"{a['dominator_accuracy']:.4f}")
             elif a.get("status") == "over_budget":
                 line += "  over budget: not trained (accuracy before fine-tuning)"
-            elif t.constraints and any(v > 0 for v in t.constraints.values()):
+            elif t.infeasible:
                 line += "  infeasible (below --min-accuracy)"
             progress.console.print(line)
         else:
@@ -327,10 +327,9 @@ def _write_plot(info: Any, html_path: Path | None) -> str:
 
 def _print_front(run_dir: Path, storage: str | None = None,
                  study_name: str = _D.study_name, html_path: Path | None = None) -> None:
-    from slimtune.search.study import open_run
-    from slimtune.viz.report import front_info
+    from slimtune.api import front_info, suggested_export
 
-    info = front_info(open_run(run_dir, storage=storage, study_name=study_name))
+    info = front_info(run_dir, storage=storage, study_name=study_name)
     t = info.teacher
     table = Table(title=f"Pareto front of {run_dir} ({info.model} on {info.dataset}; "
                         "accuracy on the validation split)")
@@ -359,15 +358,10 @@ def _print_front(run_dir: Path, storage: str | None = None,
         f"hypervolume {info.hypervolume:.4f} (size and FLOPs relative to the teacher, "
         "1 - accuracy; reference point (1, 1, 1); 1 would be a free, perfect model)")
     err.print(_write_plot(info, html_path))
-    if info.front:
-        # suggest the smallest point keeping 95 % of the teacher's accuracy (else the best)
-        keep = [p for p in info.front if p.accuracy >= 0.95 * t["accuracy"]]
-        pick = (min(keep, key=lambda p: p.size_bytes) if keep
-                else max(info.front, key=lambda p: p.accuracy))
-        why = ("the smallest keeping 95 % of the teacher's accuracy" if keep
-               else "the most accurate")
-        err.print(f"export one with: slimtune export {_q(run_dir)} --trial {pick.trial} "
-                  f"--out student.slim{_storage_args(storage, study_name)}   ({why})")
+    pick = suggested_export(info)
+    if pick is not None:
+        err.print(f"export one with: slimtune export {_q(run_dir)} --trial {pick['trial']} "
+                  f"--out student.slim{_storage_args(storage, study_name)}   ({pick['why']})")
 
 
 _storage_opt = click.option("--storage", default=None, metavar="URL",
@@ -388,13 +382,13 @@ def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | N
           study_name: str) -> None:
     """Print the Pareto front of a run and write its interactive plot. The study is opened
     read-only; nothing in the run directory changes but the plot."""
-    from slimtune.search.study import open_run
-    from slimtune.viz.report import front_info
+    from slimtune.api import front as front_doc
+    from slimtune.api import front_info
 
     if as_json:
-        info = front_info(open_run(run_dir, storage=storage, study_name=study_name))
+        info = front_info(run_dir, storage=storage, study_name=study_name)
         err.print(_write_plot(info, html_path))
-        click.echo(json.dumps(info.to_dict(), indent=2))
+        click.echo(json.dumps(front_doc(info), indent=2))
     else:
         _print_front(run_dir, storage, study_name, html_path)
 
@@ -412,8 +406,8 @@ def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | N
 def export(run_dir: Path, trial: int, out: Path, onnx: bool, storage: str | None,
            study_name: str, trust_module: tuple[str, ...]) -> None:
     """Export one trial's compressed model and its model card."""
+    from slimtune.api import export as run_export
     from slimtune.export.card import card_path
-    from slimtune.export.card import export as run_export
 
     card = run_export(run_dir, trial, out, onnx=onnx, storage=storage, study_name=study_name,
                       trust_module=list(trust_module) or None)
@@ -445,7 +439,7 @@ def eval_(path: Path, data: str | None, split: str, data_dir: Path | None,
           as_json: bool, trust_module: tuple[str, ...]) -> None:
     """Load an exported file and print its accuracy. The file and its model card run no
     code of their own choosing (see --trust-module)."""
-    from slimtune.export.card import evaluate
+    from slimtune.api import evaluate
 
     res = evaluate(path, data, split, data_dir, trust_module=list(trust_module) or None)
     if as_json:
@@ -468,7 +462,7 @@ def eval_(path: Path, data: str | None, split: str, data_dir: Path | None,
 def train(model: str, data: str, epochs: int | None, data_dir: Path | None,
           subset: int | None, seed: int, as_json: bool) -> None:
     """Train the teacher with the standard recipe and cache it for `search`."""
-    from slimtune.models.teacher import train_command
+    from slimtune.api import train as train_teacher
 
     progress = _progress()
     task: dict[str, Any] = {}
@@ -486,7 +480,7 @@ def train(model: str, data: str, epochs: int | None, data_dir: Path | None,
                       f"({progress.tasks[0].elapsed or 0:.0f} s)")
 
     try:
-        res = train_command(model, data, epochs=epochs, data_dir=data_dir, subset=subset,
+        res = train_teacher(model, data, epochs=epochs, data_dir=data_dir, subset=subset,
                             seed=seed, on_epoch=on_epoch, on_step=on_step)
     finally:
         if "id" in task:

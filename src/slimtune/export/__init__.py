@@ -11,10 +11,13 @@ __all__ = ["decode", "encode", "export", "load", "read_header"]
 
 class _CallableModule(types.ModuleType):
     """``slimtune.export(run_dir, trial, out, onnx=False, trust_module=None)`` exports a
-    trial (see :func:`slimtune.export.card.export`)."""
+    trial: it is :func:`slimtune.api.export` (which opens the run: export/ imports no
+    search/ code of its own)."""
 
     def __call__(self, run_dir, trial, out, **kwargs):  # type: ignore[no-untyped-def]
-        return export(run_dir, trial, out, **kwargs)
+        from slimtune.api import export as export_trial
+
+        return export_trial(run_dir, trial, out, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
@@ -18,6 +18,19 @@ __all__ = ["export", "card_path", "evaluate", "read_card"]
 
 #: a model card is a few kB; a larger file is not one of ours
 MAX_CARD_BYTES = 1 << 20
+
+
+class StoredRun(Protocol):
+    """What ``export`` reads of a run: ``slimtune.search.study.Run`` (opened by
+    ``slimtune.api.export``; export/ does not import search/)."""
+
+    @property
+    def dir(self) -> Path: ...
+    @property
+    def study(self) -> Any: ...  # its optuna.Study
+    @property
+    def meta(self) -> dict[str, Any]: ...
+    def artifact_path(self, trial_number: int) -> Path: ...
 
 
 def card_path(path: str | Path) -> Path:
@@ -107,11 +120,10 @@ def output_paths(out: str | Path, onnx: bool) -> dict[str, Path]:
 
 
 def export(
-    run_dir: str | Path, trial: int, out: str | Path, *, onnx: bool = False,
-    storage: str | None = None, study_name: str = "slimtune",
+    run: StoredRun, trial: int, out: str | Path, *, onnx: bool = False,
     trust_module: str | list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it.
+    """Write trial ``trial`` of the opened ``run`` to ``out`` and its model card beside it.
 
     With ``onnx=True`` also ``out`` with suffix ``.onnx``: the student with dequantized
     float32 weights, checked against PyTorch with onnxruntime (the result is in the card).
@@ -120,11 +132,8 @@ def export(
     only if ``trust_module`` trusts its module. Every file is written to a temporary file
     first and renamed once all of them are complete.
     """
-    from slimtune.search.study import open_run
-
     paths = output_paths(out, onnx)
     trust = Trust.of(trust_module)
-    run = open_run(run_dir, storage=storage, study_name=study_name)
     frozen = {t.number: t for t in run.study.get_trials(deepcopy=False)}
     if trial not in frozen:
         raise RunDirError(f"trial {trial} is not in {run.dir} (it has {len(frozen)} trials)")

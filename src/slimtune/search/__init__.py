@@ -1,7 +1,14 @@
-"""Study creation, the Ray runner, the trial function and the Pareto front."""
+"""Study creation, the Ray runner, the trial function and the Pareto front.
+
+``slimtune.search(...)`` (this package, called) is :func:`slimtune.api.search`;
+``slimtune.search.search`` is the engine's :func:`slimtune.search.engine.search`.
+"""
+
+from __future__ import annotations
 
 import sys
 import types
+from typing import Any
 
 from slimtune.search.config import SAMPLERS, SearchConfig
 from slimtune.search.engine import SearchEvents, SearchResult, search, warm_start_plans
@@ -15,15 +22,14 @@ __all__ = [
 
 
 class _CallableModule(types.ModuleType):
-    """``slimtune.search(config)`` / ``slimtune.search(trials=10, ...)`` runs a search."""
+    """``slimtune.search(config)`` / ``slimtune.search(trials=10, ...)`` runs a search: it
+    is :func:`slimtune.api.search`."""
 
     def __call__(self, config: SearchConfig | None = None, events: SearchEvents | None = None,
-                 **kwargs: object) -> SearchResult:
-        if config is None:
-            config = SearchConfig(**kwargs)  # type: ignore[arg-type]
-        elif kwargs:
-            raise TypeError("pass either a SearchConfig or keyword options, not both")
-        return search(config, events)
+                 **kwargs: Any) -> SearchResult:
+        from slimtune.api import search as run_search
+
+        return run_search(config, events, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule

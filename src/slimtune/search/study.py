@@ -28,10 +28,11 @@ from typing import Any
 
 import optuna
 
-from slimtune.errors import RunDirError
+from slimtune.errors import ConfigError, RunDirError
 from slimtune.objectives.table import DEFAULT_OBJECTIVES
 from slimtune.objectives.table import OBJECTIVES as OBJECTIVE_TABLE
 from slimtune.search import storage as _storage
+from slimtune.search.config import SAMPLERS
 from slimtune.search.storage import DB_NAME, storage_url
 
 __all__ = [
@@ -94,7 +95,7 @@ def make_sampler(name: str, seed: int,
             return optuna.samplers.GPSampler(seed=seed, n_startup_trials=pop)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
-    raise RunDirError(f"unknown sampler `{name}`")
+    raise ConfigError(f"`--sampler` must be one of {', '.join(SAMPLERS)}, but got {name!r}")
 
 
 def create_study(

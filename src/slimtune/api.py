@@ -1,0 +1,145 @@
+"""The public verbs: one plain function for each CLI command, and for notebooks and tests.
+
+``slimtune.search``, ``slimtune.front``, ``slimtune.export``, ``slimtune.evaluate``,
+``slimtune.load`` and ``slimtune.train`` are these functions (``slimtune.search`` and
+``slimtune.export`` through their subpackages, which can be called: see
+``slimtune/__init__.py``). Each imports what it needs when called, so ``import slimtune``
+stays cheap; this is the one module that reaches into every subpackage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+    from slimtune.search.config import SearchConfig
+    from slimtune.search.events import SearchEvents, SearchResult
+    from slimtune.viz.report import FrontInfo
+
+__all__ = ["search", "resume", "front", "front_info", "suggested_export", "export",
+           "evaluate", "load", "train"]
+
+#: the accuracy, relative to the teacher's, that the suggested export point keeps
+SUGGEST_KEEP = 0.95
+
+
+def search(
+    config: SearchConfig | None = None, events: SearchEvents | None = None, *,
+    trust_module: str | list[str] | None = None, **options: Any,
+) -> SearchResult:
+    """Run a search: of ``config``, or of ``SearchConfig(**options)`` (``search(trials=10,
+    model="small_cnn")``), not both. ``events`` receive the progress; user code
+    (``module:function``) the config names is the caller's and runs; ``trust_module``
+    trusts more modules (see :func:`slimtune.search.engine.search`)."""
+    from slimtune.search.config import SearchConfig
+    from slimtune.search.engine import search as run_search
+
+    if config is None:
+        config = SearchConfig(**options)
+    elif options:
+        raise TypeError("pass either a SearchConfig or keyword options, not both")
+    return run_search(config, events, trust_module=trust_module)
+
+
+def resume(
+    run_dir: str | Path, events: SearchEvents | None = None, *,
+    trust_module: str | list[str] | None = None, **overrides: Any,
+) -> SearchResult:
+    """Continue the search in ``run_dir`` with its stored settings; ``overrides`` change
+    only how it runs (``trials``, ``address``, ...: see
+    :func:`slimtune.search.engine.resume`)."""
+    from slimtune.search.engine import resume as run_resume
+
+    return run_resume(run_dir, events, trust_module=trust_module, **overrides)
+
+
+def front_info(run_dir: str | Path, *, storage: str | None = None,
+               study_name: str = "slimtune") -> FrontInfo:
+    """The front of a run as :class:`slimtune.viz.report.FrontInfo` (what tables and plots
+    draw). The study is opened read-only."""
+    from slimtune.search.study import open_run
+    from slimtune.viz.report import front_info as info_of
+
+    return info_of(open_run(run_dir, storage=storage, study_name=study_name))
+
+
+def suggested_export(info: FrontInfo) -> dict[str, Any] | None:
+    """The front point to export when you have no rule of your own: the smallest keeping
+    95 % of the teacher's validation accuracy, else the most accurate. ``{"trial": n,
+    "why": "..."}``, or None for an empty front."""
+    if not info.front:
+        return None
+    keep = [p for p in info.front if p.accuracy >= SUGGEST_KEEP * info.teacher["accuracy"]]
+    if keep:
+        pick = min(keep, key=lambda p: p.size_bytes)
+        why = f"the smallest keeping {SUGGEST_KEEP * 100:g} % of the teacher's accuracy"
+    else:
+        pick = max(info.front, key=lambda p: p.accuracy)
+        why = "the most accurate"
+    return {"trial": pick.trial, "why": why}
+
+
+def front(run: str | Path | FrontInfo, *, storage: str | None = None,
+          study_name: str = "slimtune") -> dict[str, Any]:
+    """The Pareto front of a run as plain data: ``{"teacher": {...}, "front": [...],
+    "hypervolume": h, "suggested": {"trial": n, "why": "..."} | None}`` (see
+    :func:`suggested_export`). ``run``: a run directory (``storage`` and ``study_name``
+    as the search had them), or its :func:`front_info` already read."""
+    from slimtune.viz.report import FrontInfo
+
+    info = run if isinstance(run, FrontInfo) else front_info(run, storage=storage,
+                                                            study_name=study_name)
+    return {**info.to_dict(), "suggested": suggested_export(info)}
+
+
+def export(
+    run_dir: str | Path, trial: int, out: str | Path, *, onnx: bool = False,
+    storage: str | None = None, study_name: str = "slimtune",
+    trust_module: str | list[str] | None = None,
+) -> dict[str, Any]:
+    """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it (with
+    ``onnx``, also ``out`` with suffix ``.onnx``); returns the card. User code the study
+    names runs only if ``trust_module`` trusts its module (see
+    :func:`slimtune.export.card.export`)."""
+    from slimtune.export.card import export as export_run
+    from slimtune.export.card import output_paths
+    from slimtune.search.study import open_run
+
+    output_paths(out, onnx)  # outputs that clash are refused before the study is opened
+    run = open_run(run_dir, storage=storage, study_name=study_name)
+    return export_run(run, trial, out, onnx=onnx, trust_module=trust_module)
+
+
+def evaluate(
+    path: str | Path, data: str | None = None, split: str = "test",
+    data_dir: str | Path | None = None, *, trust_module: str | list[str] | None = None,
+) -> dict[str, Any]:
+    """Accuracy of an exported file on a data set split (by default the data set of the
+    model card beside it): ``{"accuracy", "dataset", "split", "examples"}``."""
+    from slimtune.export.card import evaluate as evaluate_file
+
+    return evaluate_file(path, data, split, data_dir, trust_module=trust_module)
+
+
+def load(path: str | Path, *, trust_module: str | list[str] | None = None,
+         model: nn.Module | None = None) -> nn.Module:
+    """The ``torch.nn.Module`` in an exported slimtune file (never unpickles anything).
+
+    Safe on a file from anyone: it runs no code the file chooses. A file naming your own
+    model (``mymodule:factory``) loads only with ``trust_module="mymodule"``, or pass the
+    uncompressed architecture yourself: ``load(path, model=MyNet())``."""
+    from slimtune.export.artifact import load as load_file
+
+    return load_file(path, trust_module=trust_module, model=model)
+
+
+def train(model: str, data: str, **options: Any) -> dict[str, Any]:
+    """Train (or fetch from the cache) the teacher for ``model`` on ``data``; ``options``:
+    ``epochs``, ``data_dir``, ``subset``, ``seed``, ``on_epoch``, ``on_step`` (see
+    :func:`slimtune.models.teacher.train_command`)."""
+    from slimtune.models.teacher import train_command
+
+    return train_command(model, data, **options)

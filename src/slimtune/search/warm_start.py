@@ -1,0 +1,138 @@
+"""How a new study begins: the teacher measured, the run's metadata stored, and the warm
+start enqueued ahead of the sampler's plans: uniform plans (every layer alike, light to
+heavy), then plans guided by the one-shot sensitivity pass (run as Ray tasks), then the
+caller's own."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import torch
+
+from slimtune import __version__
+from slimtune.search.config import SearchConfig
+from slimtune.search.events import _METRICS, SearchEvents
+from slimtune.search.guided import (
+    ProbeSpec,
+    Sensitivity,
+    guided_plans,
+    measure_sensitivity,
+    probe_task,
+)
+from slimtune.search.trial import measure
+from slimtune.spaces.plan import CompressionPlan
+from slimtune.spaces.space import SearchSpace
+from slimtune.trust import Trust
+
+__all__ = ["warm_start_plans"]
+
+#: the sensitivity pass: (config, space, teacher, data, teacher metrics, teacher_ref,
+#: concurrency, events, trust) -> Sensitivity (:func:`_sensitivity`)
+SensitivityPass = Callable[..., Sensitivity]
+
+
+def warm_start_plans(space: SearchSpace) -> list[CompressionPlan]:
+    """Uniform plans, light to heavy, enqueued first so the front spans the range early."""
+    return space.uniform_plans()
+
+
+def _teacher_metrics(
+    teacher: torch.nn.Module, model: str, data: Any, latency: bool, trust: Trust
+) -> dict[str, Any]:
+    """The teacher measured exactly as students are: through its own artifact."""
+    plan = CompressionPlan()
+    m = measure(teacher, model, data.num_classes, data.input_shape, plan, data.x_val,
+                data.y_val, latency_device="cpu" if latency else None,
+                test=(data.x_test, data.y_test), trust=trust)
+    return {k: m[k] for k in (*_METRICS, "test_accuracy") if k in m}
+
+
+def _begin_study(
+    config: SearchConfig, study: optuna.Study, space: SearchSpace, teacher: torch.nn.Module,
+    data: Any, teacher_ref: Any, concurrency: int, ev: SearchEvents, source: str,
+    initial_plans: Callable[[SearchSpace], list[CompressionPlan]] | None, trust: Trust,
+    sensitivity: SensitivityPass,
+) -> dict[str, Any]:
+    """A new study: measure the teacher, run the sensitivity pass (``sensitivity``, i.e.
+    :func:`_sensitivity`), store the run's metadata and enqueue the warm start (uniform
+    plans, then guided ones, then ``initial_plans``). A sensitivity pass that fails costs
+    only the guided plans (a warning says why)."""
+    meta: dict[str, Any] = {
+        "version": __version__,
+        "config": config.to_dict(),
+        "teacher": _teacher_metrics(teacher, config.model, data, "latency" in config.objectives,
+                                    trust),
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "layers": list(space.layers),
+    }
+    if ev.teacher_ready:
+        ev.teacher_ready(meta["teacher"], source)
+    first = warm_start_plans(space) if config.warm_start else []
+    if config.warm_start and config.guided:
+        t0 = time.perf_counter()
+        try:
+            sens = sensitivity(config, space, teacher, data, meta["teacher"], teacher_ref,
+                               concurrency, ev, trust)
+            guided = guided_plans(sens, space)
+        except Exception as exc:  # noqa: BLE001 - like a failed trial, it ends nothing
+            cause = getattr(exc, "cause", None) or exc
+            meta["sensitivity_error"] = f"{type(cause).__name__}: {cause}"[:2000]
+            if ev.warning:
+                ev.warning(f"the sensitivity pass failed ({meta['sensitivity_error'][:300]}); "
+                           "the search goes on without guided plans")
+        else:
+            meta["sensitivity"] = sens.to_dict()
+            n_uniform = len(first)
+            first = _distinct(space, first + guided)
+            if ev.guided:
+                ev.guided(time.perf_counter() - t0, len(first) - n_uniform)
+    meta["population"] = len(first) or None  # the genetic samplers' first generation
+    study.set_user_attr("slimtune", meta)
+    first += initial_plans(space) if initial_plans else []
+    for plan in first:
+        study.enqueue_trial(space.params_of(plan), skip_if_exists=True)
+    return meta
+
+
+def _sensitivity(
+    config: SearchConfig, space: SearchSpace, teacher: torch.nn.Module, data: Any,
+    teacher_metrics: dict[str, Any], teacher_ref: Any, concurrency: int, ev: SearchEvents,
+    trust: Trust,
+) -> Sensitivity:
+    """The one-shot sensitivity pass (search/guided.py) as Ray tasks with the trials'
+    resources, the layers dealt round-robin to ``concurrency`` tasks."""
+    import ray
+
+    layers = list(space.layers)
+    n_tasks = max(1, min(concurrency, len(layers)))
+    if ev.sensitivity:
+        ev.sensitivity(len(layers), n_tasks)
+    task = ray.remote(probe_task).options(num_cpus=config.cpus_per_trial,
+                                          num_gpus=config.gpus_per_trial, max_retries=0)
+    specs = [ProbeSpec(model=config.model, data=config.data, layers=tuple(layers[i::n_tasks]),
+                       pruning=config.pruning,
+                       data_dir=str(config.data_dir) if config.data_dir else None,
+                       subset=config.subset, val_subset=config.val_subset,
+                       threads=max(1, math.floor(config.cpus_per_trial)),
+                       gpu_fraction=config.gpus_per_trial, trust=tuple(trust.to_list()))
+             for i in range(n_tasks)]
+    return measure_sensitivity(teacher, space, data.input_shape,
+                               int(teacher_metrics["size_bytes"]),
+                               lambda spec: task.remote(spec, teacher_ref), specs)
+
+
+def _distinct(space: SearchSpace, plans: list[CompressionPlan]) -> list[CompressionPlan]:
+    """``plans`` without repeats (by their study parameters), in order."""
+    seen: set[str] = set()
+    out = []
+    for plan in plans:
+        key = repr(sorted(space.params_of(plan).items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(plan)
+    return out
