@@ -14,8 +14,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from slimtune.errors import SlimtuneError
+from slimtune.knobs import KNOBS
+from slimtune.objectives.table import OBJECTIVES
 from slimtune.search.config import PRUNING_MODES, SAMPLERS
 from slimtune.search.config import SearchConfig as _D
+
+_OPT_IN = [n for n, k in KNOBS.items() if k.opt_in]
 
 # markup=False everywhere: messages carry file names, plans and trial errors, whose
 # `[...]` rich would otherwise interpret (text vanishes, `[/]` raises MarkupError)
@@ -101,8 +105,11 @@ def cli() -> None:
 @click.option("--pruning", type=click.Choice(list(PRUNING_MODES)), default=_D.pruning,
               show_default=True,
               help="Per-layer pruning knobs: weight sparsity, channel keep ratio, or both.")
+@click.option("--knob", "knobs", multiple=True, metavar="NAME",
+              help=f"Also search the opt-in per-layer knob NAME (repeatable): "
+                   f"{', '.join(_OPT_IN)}.")
 @click.option("--objectives", default=",".join(_D.objectives), show_default=True,
-              help="Comma-separated objectives from accuracy,size,flops,latency.")
+              help=f"Comma-separated objectives from {','.join(OBJECTIVES)}.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Directory of the data files (fashion-mnist: /usr/share/datasets/"
                    "fashion-mnist by default).")

@@ -119,6 +119,23 @@ def output_paths(out: str | Path, onnx: bool) -> dict[str, Path]:
     return paths
 
 
+def _stored_numbers(attrs: dict[str, Any], model: Any, header: Any, ds: Any, raw: bytes,
+                    src: Path) -> tuple[float, int, int, int]:
+    """(validation accuracy, effective MACs, dense MACs, bit operations) of the trial: as
+    its search measured them on these very bytes (the artifact it saved), or measured
+    again for a trial that did not record them all."""
+    stored = attrs.get("size_bytes")
+    if stored is not None and stored != len(raw):
+        raise RunDirError(f"{src} is {len(raw):,} bytes, but its trial recorded "
+                          f"{stored:,}: it is not that trial's artifact")
+    keys = ("val_accuracy", "flops", "dense_flops", "bitops")
+    if all(isinstance(attrs.get(k), int | float) for k in keys):
+        return (float(attrs["val_accuracy"]), int(attrs["flops"]), int(attrs["dense_flops"]),
+                int(attrs["bitops"]))
+    report = count_flops(model, header.input_shape, stored_weights(model, header.plan))
+    return accuracy(model, ds.val), report.effective, report.dense, report.bitops
+
+
 def export(
     run: StoredRun, trial: int, out: str | Path, *, onnx: bool = False,
     trust_module: str | list[str] | None = None,
@@ -127,7 +144,8 @@ def export(
 
     With ``onnx=True`` also ``out`` with suffix ``.onnx``: the student with dequantized
     float32 weights, checked against PyTorch with onnxruntime (the result is in the card).
-    Returns the card. The test accuracy in the card is measured on the file's own bytes.
+    Returns the card. The test accuracy in the card is measured on the file's own bytes;
+    the validation accuracy and FLOPs are those the search measured on the same bytes.
     The study and the artifact name the model and data set: user code among them runs
     only if ``trust_module`` trusts its module. Every file is written to a temporary file
     first and renamed once all of them are complete.
@@ -155,9 +173,7 @@ def export(
     ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"),
                       trust=trust, source=f"the study of {run.dir}")
     test_acc = accuracy(model, ds.test)
-    val_acc = accuracy(model, ds.val)
-    report = count_flops(model, header.input_shape, stored_weights(model, header.plan))
-    macs = report.effective
+    val_acc, macs, dense, bitops = _stored_numbers(t.user_attrs, model, header, ds, raw, src)
     teacher = meta["teacher"]
     out = Path(out)
     card = {
@@ -176,8 +192,8 @@ def export(
         "test_accuracy": test_acc,
         "size_bytes": len(raw),
         "flops": macs,
-        "dense_flops": report.dense,
-        "bitops": report.bitops,
+        "dense_flops": dense,
+        "bitops": bitops,
         "teacher": teacher,
         "ratios": {
             "size_x_smaller": teacher["size_bytes"] / len(raw),

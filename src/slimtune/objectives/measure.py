@@ -57,8 +57,10 @@ class Measured:
         plain, parts = plain_copy(student)
         stored = stored_weights(plain, plan)
         report = count_flops(plain, header.input_shape, stored)
-        return cls(encode_plain(plain, parts, header), report, stored, header.input_shape,
-                   val, device, plain, header)
+        out = cls(encode_plain(plain, parts, header), report, stored, header.input_shape,
+                  val, device, plain, header)
+        out.model  # noqa: B018 - decoded now: what cannot be stored fails before training
+        return out
 
     def again(self, student: nn.Module) -> Measured:
         """The same student after training: new weights, so a new artifact; its size,
@@ -67,8 +69,10 @@ class Measured:
         from slimtune.export.artifact import encode_plain
 
         plain, parts = plain_copy(student)
-        return Measured(encode_plain(plain, parts, self.header), self.flops, self.stored,
-                        self.input_shape, self.val, self.device, plain, self.header)
+        out = Measured(encode_plain(plain, parts, self.header), self.flops, self.stored,
+                       self.input_shape, self.val, self.device, plain, self.header)
+        out.model  # noqa: B018 - decoded now, as before training
+        return out
 
     @property
     def model(self) -> nn.Module:

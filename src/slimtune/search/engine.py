@@ -173,7 +173,8 @@ def search(
                 device="cuda" if torch.cuda.is_available() else "cpu", trust=trust,
                 source=named_by,
             )
-            space = SearchSpace.from_model(teacher, data.input_shape, config.pruning)
+            space = SearchSpace.from_model(teacher, data.input_shape, config.pruning,
+                                             config.knobs)
             teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
             meta = study.user_attrs.get("slimtune")
             if meta is None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from slimtune.objectives.table import OBJECTIVES
 from slimtune.search.pareto import FrontPoint
 from slimtune.search.study import Run
 
@@ -17,7 +18,8 @@ __all__ = ["SearchEvents", "SearchResult", "TrialRecord"]
 
 #: the metrics a trial function returns, stored in the trial's user attributes (accuracy
 #: as ``val_accuracy``) and measured the same way for the teacher
-_METRICS = ("accuracy", "size_bytes", "flops", "dense_flops", "bitops", "latency_ms")
+#: what a trial's results hold that its user attributes keep: every objective's metric
+_METRICS = (*(o.metric for o in OBJECTIVES.values()), "dense_flops", "bitops")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from slimtune.errors import SearchAborted
 from slimtune.export.artifact import save
+from slimtune.objectives.dominance import nondominated
 from slimtune.search.checks import as_user_error
 from slimtune.search.config import SearchConfig
 from slimtune.search.events import _METRICS, SearchEvents, TrialRecord
@@ -40,7 +41,7 @@ from slimtune.search.optuna_internals import (
 from slimtune.search.pareto import FrontPoint, hypervolume
 from slimtune.search.signals import Signals
 from slimtune.search.study import HEARTBEAT_INTERVAL, Run
-from slimtune.search.trial import TrialSpec
+from slimtune.search.trial import TrialSpec, early_stop_axes
 from slimtune.spaces.space import SearchSpace
 from slimtune.trust import Trust
 
@@ -68,11 +69,12 @@ def _loop(
         "hypervolume": 0.0, "front": 0, "epochs_saved": 0, "epochs_trained": 0,
     }
     teacher_metrics = run.teacher
-    points = _nondominated([FrontPoint.of(t) for t in
-                            study.get_trials(states=[TrialState.COMPLETE]) if _feasible(t)])
+    points = _nondominated([FrontPoint.of(t) for t in study.get_trials(
+        states=[TrialState.COMPLETE]) if _feasible(t)], config)
     # ``points`` is kept as the front of the feasible trials so far (same hypervolume as all
     # of them, and the early-stopping rule needs only it)
-    counts["hypervolume"] = hypervolume(points, teacher_metrics)  # of the trials before
+    counts["hypervolume"] = hypervolume(points, teacher_metrics, config.objectives)  # so far
+    axes = early_stop_axes(config.objectives)
     pending: dict[Any, optuna.trial.Trial] = {}
     asking: optuna.trial.Trial | None = None
     plans: dict[int, dict[str, Any]] = {}
@@ -107,14 +109,13 @@ def _loop(
                 with _one_commit_for_params(study):
                     plan = space.sample(trial)
                 plans[trial.number] = plan.to_dict()  # stored with the results: one commit
-                front = tuple((p.trial, p.size_bytes, p.flops, p.accuracy)
-                              for p in points)
+                front = tuple((p.trial, {a: p.metric(a) for a in axes}) for p in points)
                 spec = TrialSpec(
                     model=config.model, data=config.data, plan=plan.to_dict(),
                     epochs=config.epochs, lr=config.lr, batch_size=config.batch_size,
                     seed=config.seed * 100003 + _seed_of(trial), threads=threads,
                     gpu_fraction=config.gpus_per_trial,
-                    latency="latency" in config.objectives,
+                    objectives=config.objectives,
                     data_dir=str(config.data_dir) if config.data_dir else None,
                     subset=config.subset, val_subset=config.val_subset,
                     max_size=config.max_size,
@@ -141,7 +142,7 @@ def _loop(
                                         teacher_metrics, plans.pop(trial.number))
                 del pending[ref]
                 if point is not None:
-                    points[:] = _nondominated([*points, point])  # O(front), not O(trials)
+                    points[:] = _nondominated([*points, point], config)  # O(front), not O(trials)
                 counts["running"] = len(pending)
                 counts["front"] = len(points)
                 if ev.trial_done:
@@ -195,16 +196,11 @@ def _feasible(t: optuna.trial.FrozenTrial) -> bool:
 
 
 
-def _nondominated(points: list[FrontPoint]) -> list[FrontPoint]:
-    """The points no other point beats on size, FLOPs and accuracy at once."""
-    out = []
-    for p in points:
-        if not any(q.size_bytes <= p.size_bytes and q.flops <= p.flops
-                   and q.accuracy >= p.accuracy
-                   and (q.size_bytes, q.flops, q.accuracy) != (p.size_bytes, p.flops, p.accuracy)
-                   for q in points):
-            out.append(p)
-    return out
+def _nondominated(points: list[FrontPoint], config: SearchConfig) -> list[FrontPoint]:
+    """The points no other point beats on the search's objectives."""
+    metrics = config.metrics
+    return nondominated(points, lambda p: [p.metric(m) for m in metrics], config.directions,
+                        unique=False)
 
 
 
@@ -293,10 +289,9 @@ def _finish(
         counts["epochs_saved"] += config.epochs
     elif out.get("artifact"):
         save(run.artifact_path(trial.number), out["artifact"])
-    point = FrontPoint(trial=trial.number, accuracy=float(out["accuracy"]),
-                       size_bytes=int(out["size_bytes"]), flops=int(out["flops"]), plan={})
+    point = FrontPoint.of_results(trial.number, out)
     if feasible:
-        counts["hypervolume"] = hypervolume([*points, point], teacher)
+        counts["hypervolume"] = hypervolume([*points, point], teacher, config.objectives)
     attrs["hypervolume"] = counts["hypervolume"]  # of the feasible trials so far
     _set_user_attrs(run.study, trial, attrs)
     run.study.tell(trial, values)

@@ -69,6 +69,15 @@ class FrontPoint:
                    if o.metric in a and o.metric not in _FIELDS},
         )
 
+    @classmethod
+    def of_results(cls, number: int, out: dict[str, Any]) -> FrontPoint:
+        """The point of a trial's results as its task returned them (no plan)."""
+        return cls(trial=number, accuracy=float(out["accuracy"]),
+                   size_bytes=int(out["size_bytes"]), flops=int(out["flops"]), plan={},
+                   latency_ms=out.get("latency_ms"),
+                   extra={o.metric: out[o.metric] for o in OBJECTIVES.values()
+                          if o.metric in out and o.metric not in _FIELDS})
+
 
 def _feasible(t: optuna.trial.FrozenTrial) -> bool:
     """All of the trial's constraints (budgets) hold, as Optuna judges them."""

@@ -17,8 +17,9 @@ from slimtune.search.config import SearchConfig
 
 def _check_settings(run_dir: Path, config: SearchConfig, meta: dict[str, Any]) -> None:
     old = meta["config"]
-    for key in ("data", "model", "pruning", "subset", "val_subset"):
+    for key in ("data", "model", "pruning", "knobs", "subset", "val_subset"):
         before = old.get(key, getattr(SearchConfig, key, None))
+        before = tuple(before) if isinstance(before, list) else before
         if before != getattr(config, key):
             raise ConfigError(
                 f"{run_dir} holds a search of {key} `{before}`, not `{getattr(config, key)}`; "

@@ -14,8 +14,9 @@ import optuna
 import torch
 
 from slimtune import __version__
+from slimtune.objectives.measure import Measured
 from slimtune.search.config import SearchConfig
-from slimtune.search.events import _METRICS, SearchEvents
+from slimtune.search.events import SearchEvents
 from slimtune.search.guided import (
     ProbeSpec,
     Sensitivity,
@@ -23,7 +24,6 @@ from slimtune.search.guided import (
     measure_sensitivity,
     probe_task,
 )
-from slimtune.search.trial import measure
 from slimtune.spaces.plan import CompressionPlan
 from slimtune.spaces.space import SearchSpace
 from slimtune.trust import Trust
@@ -41,14 +41,12 @@ def warm_start_plans(space: SearchSpace) -> list[CompressionPlan]:
 
 
 def _teacher_metrics(
-    teacher: torch.nn.Module, model: str, data: Any, latency: bool, trust: Trust
+    teacher: torch.nn.Module, model: str, data: Any, objectives: tuple[str, ...]
 ) -> dict[str, Any]:
     """The teacher measured exactly as students are: through its own artifact."""
-    plan = CompressionPlan()
-    m = measure(teacher, model, data.num_classes, data.input_shape, plan, data.x_val,
-                data.y_val, latency_device="cpu" if latency else None,
-                test=(data.x_test, data.y_test), trust=trust)
-    return {k: m[k] for k in (*_METRICS, "test_accuracy") if k in m}
+    measured = Measured.of(teacher, model, data.num_classes, data.input_shape,
+                           CompressionPlan(), data.val, "cpu")
+    return measured.results(objectives, test=data.test)
 
 
 def _begin_study(
@@ -64,8 +62,7 @@ def _begin_study(
     meta: dict[str, Any] = {
         "version": __version__,
         "config": config.to_dict(),
-        "teacher": _teacher_metrics(teacher, config.model, data, "latency" in config.objectives,
-                                    trust),
+        "teacher": _teacher_metrics(teacher, config.model, data, config.objectives),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "layers": list(space.layers),
