@@ -17,6 +17,7 @@ import torch
 
 from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
+from slimtune.data.split import Split, as_split
 from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.dominance import dominates
 from slimtune.objectives.measure import Measured
@@ -24,8 +25,8 @@ from slimtune.objectives.table import objectives_of
 from slimtune.search.worker import set_up, worker_device
 from slimtune.spaces.plan import CompressionPlan
 
-__all__ = ["TrialSpec", "run_trial", "early_stop_margin", "dominator", "worker_device",
-           "early_stop_axes"]
+__all__ = ["TrialSpec", "run_trial", "measure", "early_stop_margin", "dominator",
+           "worker_device", "early_stop_axes"]
 
 #: a finished trial, as early stopping sees it: (its number, metric -> value)
 Finished = tuple[int, dict[str, float]]
@@ -82,6 +83,22 @@ def dominator(front: tuple[Finished, ...], mine: dict[str, float], axes: list[st
                                                        directions):
             return number, values["accuracy"]
     return None
+
+
+def measure(
+    student: torch.nn.Module, model_name: str, num_classes: int,
+    input_shape: tuple[int, ...], plan: CompressionPlan, val: Split | torch.Tensor,
+    y_val: torch.Tensor | None = None, *, objectives: tuple[str, ...] = (),
+    latency_device: torch.device | str | None = None, test: Split | None = None,
+) -> dict[str, Any]:
+    """What a trial records of ``student``, measured on its artifact (``artifact``: the
+    bytes): :class:`~slimtune.objectives.measure.Measured` as one call. ``latency_device``
+    adds the latency objective, timed there."""
+    if latency_device is not None:
+        objectives = (*objectives, "latency")
+    m = Measured.of(student, model_name, num_classes, input_shape, plan,
+                    as_split(val, y_val), latency_device or "cpu")
+    return {**m.results(objectives, test=test), "artifact": m.blob}
 
 
 class _Stop(Exception):
