@@ -8,10 +8,9 @@ from typing import Any, Protocol
 
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
-from slimtune.export.artifact import load_with_header, open_artifact, stored_weights
+from slimtune.export.artifact import load_with_header, open_artifact
 from slimtune.files import atomic_path, write_into
-from slimtune.objectives.accuracy import accuracy
-from slimtune.objectives.flops import count_flops
+from slimtune.models.train import accuracy  # the objective, beside the loop it reports
 from slimtune.trust import Trust
 
 __all__ = ["export", "card_path", "evaluate", "read_card"]
@@ -119,21 +118,22 @@ def output_paths(out: str | Path, onnx: bool) -> dict[str, Path]:
     return paths
 
 
-def _stored_numbers(attrs: dict[str, Any], model: Any, header: Any, ds: Any, raw: bytes,
-                    src: Path) -> tuple[float, int, int, int]:
-    """(validation accuracy, effective MACs, dense MACs, bit operations) of the trial: as
-    its search measured them on these very bytes (the artifact it saved), or measured
-    again for a trial that did not record them all."""
+def _stored_numbers(attrs: dict[str, Any], raw: bytes, src: Path
+                    ) -> tuple[float, int, int, int]:
+    """(validation accuracy, effective MACs, dense MACs, bit operations) of the trial, as
+    its search measured them on these very bytes (the artifact it saved)."""
     stored = attrs.get("size_bytes")
     if stored is not None and stored != len(raw):
         raise RunDirError(f"{src} is {len(raw):,} bytes, but its trial recorded "
                           f"{stored:,}: it is not that trial's artifact")
     keys = ("val_accuracy", "flops", "dense_flops", "bitops")
-    if all(isinstance(attrs.get(k), int | float) for k in keys):
-        return (float(attrs["val_accuracy"]), int(attrs["flops"]), int(attrs["dense_flops"]),
-                int(attrs["bitops"]))
-    report = count_flops(model, header.input_shape, stored_weights(model, header.plan))
-    return accuracy(model, ds.val), report.effective, report.dense, report.bitops
+    missing = [k for k in keys if not isinstance(attrs.get(k), int | float)
+               or isinstance(attrs.get(k), bool)]
+    if missing:
+        raise RunDirError(f"the trial of {src} recorded no {', '.join(missing)}: it is not a "
+                          "trial slimtune completed")
+    return (float(attrs["val_accuracy"]), int(attrs["flops"]), int(attrs["dense_flops"]),
+            int(attrs["bitops"]))
 
 
 def export(
@@ -173,7 +173,7 @@ def export(
     ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"),
                       trust=trust, source=f"the study of {run.dir}")
     test_acc = accuracy(model, ds.test)
-    val_acc, macs, dense, bitops = _stored_numbers(t.user_attrs, model, header, ds, raw, src)
+    val_acc, macs, dense, bitops = _stored_numbers(t.user_attrs, raw, src)
     teacher = meta["teacher"]
     out = Path(out)
     card = {

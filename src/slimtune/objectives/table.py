@@ -62,8 +62,12 @@ def _latency(m: Measured) -> float:
 
 
 def _stored_weights(m: Measured) -> float:
-    """Weights the artifact stores in its Conv2d / Linear layers (kept ones only)."""
-    return sum(stored for stored, _ in m.stored.values())
+    """Weights the artifact stores in its Conv2d / Linear layers: the kept ones of each
+    compressed layer, all of any other."""
+    from torch import nn
+
+    return sum(m.stored[n][0] if n in m.stored else mod.weight.numel()
+               for n, mod in m.model.named_modules() if isinstance(mod, nn.Conv2d | nn.Linear))
 
 
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
