@@ -80,3 +80,6 @@ def test_stored_weights_is_an_objective_of_the_study_the_front_and_the_hypervolu
     assert exc.value.code == 0
     doc = json.loads(capsys.readouterr().out)
     assert all("stored_weights" in p for p in doc["front"])
+    # the suggested export point comes from the library, the same as slimtune.front's
+    assert doc["suggested"] == slimtune.front(run.run.dir)["suggested"]
+    assert doc["suggested"]["trial"] in [p["trial"] for p in doc["front"]]
