@@ -114,7 +114,6 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     t0 = time.perf_counter()
     began = time.time()
     device, data, teacher = set_up(spec, teacher_state)
-    torch.manual_seed(spec.seed)
     where = {"threads": torch.get_num_threads(), "device": str(device),  # as it ran
              "seed": spec.seed}
     train = data.to(device)
@@ -154,6 +153,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
         temperature=plan.temperature, alpha=plan.alpha, epochs=spec.epochs,
         lr=spec.lr, batch_size=spec.batch_size,
     )
+    torch.manual_seed(spec.seed)  # dropout's draws: from the seed, whatever ran before
     try:
         distill(student, teacher, train.train, cfg,
                 generator=torch.Generator().manual_seed(spec.seed), on_epoch=on_epoch)
