@@ -2,16 +2,16 @@
 
 from slimtune.compress.apply import apply, apply_, configs_of
 from slimtune.compress.distill import DistillConfig, TrialDiverged, distill, kd_loss
-from slimtune.compress.factorize import FactorizeConfig, Factorized, factorize
-from slimtune.compress.prune import MagnitudeMask, PruneConfig, magnitude_mask, prune
-from slimtune.compress.quantize import (
+from slimtune.ops.factorize import FactorizeConfig, Factorized, factorize
+from slimtune.ops.prune import MagnitudeMask, PruneConfig, magnitude_mask, prune
+from slimtune.ops.quantize import (
     FakeQuant,
     QuantizeConfig,
     dequantize,
     quantize,
     quantize_codes,
 )
-from slimtune.compress.structured import ChannelPruneConfig, channel_prune
+from slimtune.ops.structured import ChannelPruneConfig, channel_prune
 
 __all__ = [
     "apply", "apply_", "configs_of", "ChannelPruneConfig", "channel_prune",

@@ -60,7 +60,7 @@ def skeleton_of(model: nn.Module, plan: CompressionPlan, input_shape: tuple[int,
 def plan_modules(model: nn.Module, plan: CompressionPlan) -> dict[str, LayerPlan]:
     """Module name -> its layer's plan, for every Conv2d/Linear a plan layer became
     (both halves of a factorized layer), in module order."""
-    from slimtune.compress.factorize import Factorized
+    from slimtune.ops.factorize import Factorized
 
     out: dict[str, LayerPlan] = {}
     modules = dict(model.named_modules())

@@ -13,14 +13,14 @@ Three roles, each with its own small hooks:
   teacher's copy; :meth:`StructureKnob.skeleton` builds the same shapes without weights
   (the loader, from the plan alone). The artifact stores the resulting dense tensors.
 - ``mask`` (unstructured sparsity, 2:4): zeroes weights through a mask parametrization
-  (:class:`slimtune.compress.prune.MagnitudeMask`, tagged with the knob's name). Each mask
+  (:class:`slimtune.ops.prune.MagnitudeMask`, tagged with the knob's name). Each mask
   knob, in stage order, narrows the kept positions left by the ones before it; how many it
   keeps is exact from the plan and the shape (:meth:`MaskKnob.kept`), so the loader knows
   every length before reading. It writes its own index of what it kept.
 - ``values`` (bit-width): how the kept values are coded. It writes a prelude (scales)
   before the mask knobs' indexes and the values after them.
 
-Knob modules import torch-level code (``slimtune.compress``) only inside their
+Knob modules import the torch-level primitives (``slimtune.ops``) only inside their
 transforms, so reading or validating a plan loads none of it: a plan stays data.
 """
 

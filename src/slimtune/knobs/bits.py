@@ -43,7 +43,7 @@ class Bits(ValuesKnob):
         return value < 32
 
     def apply(self, model: Any, values: Mapping[str, Any], input_shape: Any) -> Any:
-        from slimtune.compress.quantize import QuantizeConfig, quantize
+        from slimtune.ops.quantize import QuantizeConfig, quantize
 
         return quantize(model, QuantizeConfig(dict(values)), inplace=True)
 
@@ -51,14 +51,14 @@ class Bits(ValuesKnob):
     def encode_prelude(self, weight: Any, value: Any) -> bytes:
         if value >= 32:
             return b""
-        from slimtune.compress.quantize import quantize_codes
+        from slimtune.ops.quantize import quantize_codes
 
         return _raw(quantize_codes(weight, value)[1])
 
     def encode_values(self, weight: Any, keep: np.ndarray, value: Any) -> bytes:
         if value >= 32:
             return weight.reshape(-1).numpy().astype("<f4")[keep].tobytes()
-        from slimtune.compress.quantize import quantize_codes
+        from slimtune.ops.quantize import quantize_codes
 
         qmax = 2 ** (value - 1) - 1
         codes = quantize_codes(weight, value)[0].reshape(-1).numpy()[keep]
@@ -88,7 +88,7 @@ class Bits(ValuesKnob):
             full_f = np.zeros(n, dtype=np.float32)
             full_f[keep] = vals
             return torch.from_numpy(full_f).reshape(shape)
-        from slimtune.compress.quantize import dequantize
+        from slimtune.ops.quantize import dequantize
 
         qmax = 2 ** (value - 1) - 1
         codes = unpack(reader.take(math.ceil(nnz * value / 8)), nnz, value) - qmax

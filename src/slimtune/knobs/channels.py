@@ -30,7 +30,7 @@ class KeepRatio(StructureKnob):
 
     def apply(self, model: Any, values: Mapping[str, Any],
               input_shape: tuple[int, ...] | None) -> Any:
-        from slimtune.compress.structured import ChannelPruneConfig, channel_prune
+        from slimtune.ops.structured import ChannelPruneConfig, channel_prune
 
         if input_shape is None:
             raise ConfigError("the plan prunes channels: pass the model's `input_shape`")

@@ -11,7 +11,7 @@ from slimtune.knobs.base import FloatRange, StructureKnob, check_ratio
 class RankRatio(StructureKnob):
     """``rank_ratio`` in (0, 1]: the kept fraction of the layer's full rank (the layer
     becomes two; only where that stores fewer weights, see
-    :func:`slimtune.compress.factorize.factorized_rank`)."""
+    :func:`slimtune.ops.factorize.factorized_rank`)."""
 
     name = "rank_ratio"
     default = 1.0
@@ -23,12 +23,12 @@ class RankRatio(StructureKnob):
         return check_ratio(self.name, value, low_open=True, high_open=False)
 
     def apply(self, model: Any, values: Mapping[str, Any], input_shape: Any) -> Any:
-        from slimtune.compress.factorize import FactorizeConfig, factorize
+        from slimtune.ops.factorize import FactorizeConfig, factorize
 
         return factorize(model, FactorizeConfig(dict(values)), inplace=True)
 
     def skeleton(self, model: Any, values: Mapping[str, Any], input_shape: Any) -> Any:
-        from slimtune.compress.factorize import FactorizeConfig, factorize
+        from slimtune.ops.factorize import FactorizeConfig, factorize
 
         return factorize(model, FactorizeConfig(dict(values)), with_weights=False,
                          inplace=True)

@@ -9,11 +9,7 @@ import numpy as np
 
 from slimtune.codec import Reader, decode_index, encode_index
 from slimtune.knobs.base import FloatRange, MaskKnob, check_ratio
-
-
-def pruned_count(numel: int, sparsity: float) -> int:
-    """How many weights a layer of ``numel`` weights loses at ``sparsity`` (exact)."""
-    return int(round(sparsity * numel))
+from slimtune.ops.prune import pruned_count
 
 
 class Sparsity(MaskKnob):
@@ -37,7 +33,7 @@ class Sparsity(MaskKnob):
         return bool(space.unstructured)
 
     def apply(self, model: Any, values: Mapping[str, Any], input_shape: Any) -> Any:
-        from slimtune.compress.prune import PruneConfig, prune
+        from slimtune.ops.prune import PruneConfig, prune
 
         return prune(model, PruneConfig(dict(values)), inplace=True)
 

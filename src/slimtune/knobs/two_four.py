@@ -67,7 +67,7 @@ class TwoFour(MaskKnob):
     def apply(self, model: Any, values: Mapping[str, Any], input_shape: Any) -> Any:
         from torch.nn.utils import parametrize
 
-        from slimtune.compress.prune import MagnitudeMask, target_layers
+        from slimtune.ops.prune import MagnitudeMask, target_layers
 
         for name, on in values.items():
             for layer in target_layers(model, name) if on else ():

@@ -12,6 +12,7 @@ from torch import nn
 from slimtune.errors import ConfigError
 from slimtune.knobs import KNOBS, knob
 from slimtune.knobs.base import Choices, FloatRange
+from slimtune.ops.structured import output_layers
 from slimtune.spaces.plan import CompressionPlan, LayerPlan
 
 __all__ = ["SearchSpace", "compressible_layers", "PRUNING_MODES"]
@@ -28,29 +29,6 @@ def compressible_layers(model: nn.Module) -> list[str]:
         ):
             names.append(name)
     return names
-
-
-def output_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
-    """Conv2d/Linear layers whose output channels are the model's outputs (never pruned):
-    the last one to run in a forward pass at batch 1."""
-    import torch
-
-    order: list[str] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, inp, out, n=name: order.append(n))
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    ]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return order[-1:]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,90 @@
+"""Per-output-channel symmetric weight quantization.
+
+``scale_c = max|w_c| / (2^(b-1) - 1)``, ``q = clamp(round(w / scale), -qmax, qmax)``; the
+forward pass uses ``q * scale`` and the backward pass the straight-through estimator
+(gradient of the identity). A b-bit channel therefore holds at most ``2^b - 1`` distinct
+values. The same :func:`quantize_codes` produces the integers packed into the artifact.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from slimtune.errors import ConfigError
+from slimtune.ops.prune import target_layers
+
+__all__ = ["QuantizeConfig", "FakeQuant", "quantize", "quantize_codes", "dequantize"]
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Weight bit-width per layer name (32 = leave as float32)."""
+
+    bits: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, b in self.bits.items():
+            if not (2 <= int(b) <= 32) or int(b) != b:
+                raise ConfigError(
+                    f"`bits` must be an integer in 2..32, but got bits={b} for `{name}`"
+                )
+
+
+def quantize_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes in ``[-qmax, qmax]`` and float32 per-output-channel scales."""
+    qmax = 2 ** (bits - 1) - 1
+    w = w.detach().to(torch.float32)
+    amax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    view = (-1,) + (1,) * (w.ndim - 1)
+    codes = torch.clamp(torch.round(w / scale.view(view)), -qmax, qmax)
+    return codes.to(torch.int32), scale
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    view = (-1,) + (1,) * (codes.ndim - 1)
+    return codes.to(torch.float32) * scale.view(view)
+
+
+class FakeQuant(nn.Module):
+    """Parametrization ``w -> dequantize(quantize(w))`` with a straight-through gradient."""
+
+    knob = "bits"  # the knob that made it
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = int(bits)
+
+    @property
+    def value(self) -> int:
+        return self.bits
+
+    def exact(self, w: torch.Tensor) -> torch.Tensor:
+        """The dequantized weight exactly as the artifact stores it (the forward pass's
+        ``w + (wq - w)`` may differ from it in the last bit)."""
+        return dequantize(*quantize_codes(w, self.bits)).to(w.dtype)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        codes, scale = quantize_codes(w, self.bits)
+        wq = dequantize(codes, scale).to(w.dtype)
+        return w + (wq - w).detach()
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+def quantize(model: nn.Module, config: QuantizeConfig, *, inplace: bool = False) -> nn.Module:
+    """Fake-quantize the weights of every named layer below 32 bits."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name, bits in config.bits.items():
+        if bits >= 32:
+            continue
+        for layer in target_layers(model, name):
+            parametrize.register_parametrization(layer, "weight", FakeQuant(bits))
+    return model
