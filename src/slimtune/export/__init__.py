@@ -4,9 +4,16 @@ import sys
 import types
 
 from slimtune.export.artifact import decode, encode, load, read_header
-from slimtune.export.card import export
 
 __all__ = ["decode", "encode", "export", "load", "read_header"]
+
+
+def export(run_dir, trial, out, **kwargs):  # type: ignore[no-untyped-def]
+    """:func:`slimtune.api.export` (it opens the run; ``export.card.export`` takes one
+    opened)."""
+    from slimtune.api import export as export_trial
+
+    return export_trial(run_dir, trial, out, **kwargs)
 
 
 class _CallableModule(types.ModuleType):
@@ -15,9 +22,7 @@ class _CallableModule(types.ModuleType):
     search/ code of its own)."""
 
     def __call__(self, run_dir, trial, out, **kwargs):  # type: ignore[no-untyped-def]
-        from slimtune.api import export as export_trial
-
-        return export_trial(run_dir, trial, out, **kwargs)
+        return export(run_dir, trial, out, **kwargs)
 
 
 sys.modules[__name__].__class__ = _CallableModule
