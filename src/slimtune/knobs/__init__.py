@@ -55,6 +55,7 @@ def mask_knobs() -> list[MaskKnob]:
 
 def values_knob() -> ValuesKnob:
     """The one knob that codes the kept values (the bit-width)."""
-    (k,) = by_stage("values")
-    assert isinstance(k, ValuesKnob)
-    return k
+    found = [k for k in by_stage("values") if isinstance(k, ValuesKnob)]
+    if len(found) != 1:
+        raise RuntimeError(f"the registry needs exactly one values knob, it has {len(found)}")
+    return found[0]
