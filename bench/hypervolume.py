@@ -105,6 +105,8 @@ def measure_arm(result, test, teacher) -> dict:
     return {
         "hypervolume_val": hypervolume(front, teacher),
         "hypervolume_test": hypervolume(test_front, teacher),
+        # size and FLOPs in decades (1000x = 0 loss): the linear axes saturate
+        "hypervolume_test_log": hypervolume(test_front, teacher, log=True),
         "trials": len(states) - states.count("WAITING"), "complete": states.count("COMPLETE"),
         "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
         "epochs_trained": result.counts["epochs_trained"],

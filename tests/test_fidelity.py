@@ -136,3 +136,15 @@ def test_batchnorm_re_estimation_uses_the_data_and_leaves_the_weights():
         assert torch.equal(model.state_dict()[k], v)
     plain = nn.Linear(4, 2)
     assert recalibrate_batchnorm(plain, split) is plain
+
+
+def test_the_log_space_hypervolume_by_hand():
+    from slimtune.search.pareto import FrontPoint, hypervolume
+
+    teacher = {"accuracy": 0.95, "size_bytes": 1000, "flops": 1000}
+    p = FrontPoint(trial=0, accuracy=0.9, size_bytes=10, flops=100, plan={})
+    # size: 100x smaller -> 2 of 3 decades -> loss 1/3; FLOPs 10x -> loss 2/3; acc loss 0.1
+    assert hypervolume([p], teacher, log=True) == pytest.approx((2 / 3) * (1 / 3) * 0.9)
+    assert hypervolume([p], teacher) == pytest.approx(0.99 * 0.9 * 0.9)
+    beyond = FrontPoint(trial=1, accuracy=0.9, size_bytes=0.5, flops=100, plan={})
+    assert hypervolume([beyond], teacher, log=True) == pytest.approx(1 * (1 / 3) * 0.9)

@@ -98,21 +98,25 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
 
 
 def normalized_losses(points: list[FrontPoint], teacher: dict[str, Any],
-                      objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> list[list[float]]:
+                      objectives: Sequence[str] = DEFAULT_OBJECTIVES, *,
+                      log: bool = False) -> list[list[float]]:
     """Each point as its losses relative to the teacher, one per objective: cost / the
     teacher's cost, ``1 - accuracy`` (:meth:`Objective.loss`). The default objectives give
-    (1 - accuracy, size / teacher size, FLOPs / teacher FLOPs)."""
+    (1 - accuracy, size / teacher size, FLOPs / teacher FLOPs). With ``log``, each cost
+    on a log scale over three decades (:meth:`Objective.log_loss`)."""
     objs = objectives_of(objectives)
-    return [[o.loss(p.metric(o.metric), teacher.get(o.metric, 0.0)) for o in objs]
-            for p in points]
+    return [[(o.log_loss if log else o.loss)(p.metric(o.metric), teacher.get(o.metric, 0.0))
+             for o in objs] for p in points]
 
 
 def hypervolume(points: list[FrontPoint], teacher: dict[str, Any],
-                objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> float:
+                objectives: Sequence[str] = DEFAULT_OBJECTIVES, *, log: bool = False) -> float:
     """Hypervolume of ``points`` in the normalized space of :func:`normalized_losses`, with
     reference point 1 on every axis: 0 for nothing better than the teacher's costs at zero
-    accuracy, 1 for a free, perfect model. Points outside the reference box add nothing."""
-    return dominance.hypervolume(normalized_losses(points, teacher, objectives))
+    accuracy, 1 for a free, perfect model. Points outside the reference box add nothing.
+    ``log``: the costs' axes in decades (1000x cheaper = 0), where the linear axes
+    saturate (every point 50x smaller or more sits within 0.02 of the best)."""
+    return dominance.hypervolume(normalized_losses(points, teacher, objectives, log=log))
 
 
 _FIELDS = {f.name for f in fields(FrontPoint)}
