@@ -135,3 +135,28 @@ def test_probes_of_a_tiny_model_measure_every_knob_and_who_shrinks_with_whom():
     # keeping round(0.35 * 4) = 1 of c1's 4 filters leaves a quarter of c1 and of c2 (which
     # reads c1's channels); fc is untouched
     assert out["shrink"] == {"c1": {"c1": pytest.approx(0.25), "c2": pytest.approx(0.25)}}
+
+
+def test_the_one_shot_allocator_meets_each_target_along_its_greedy_path():
+    from slimtune.search.allocate import one_shot_plans
+
+    space, sens = _two_layer_space_and_sensitivity()
+    targets = [("size", 0.5), ("size", 0.2), ("flops", 0.5), ("flops", 1e-6)]
+    plans = one_shot_plans(sens, space, targets)
+    assert len(plans) == len(targets)
+    for (cost, fraction), plan in zip(targets[:3], plans[:3], strict=True):
+        layers = plan.layers
+        state = {n: {k: LADDERS[k].index(layers[n][k]) for k in LADDERS
+                     if k in space.knobs_of(n)} for n in space.layers}
+        assert sens.predict(state)[0 if cost == "size" else 1] <= fraction
+    # the light end (every layer at 8 bits) already meets the mildest target
+    assert all(plans[0].layer(n).bits == 8 and plans[0].layer(n).sparsity == 0
+               for n in space.layers)
+    # the big layer, free in accuracy, is compressed first: at 0.2x size only it moved
+    small, big = plans[1].layer("small"), plans[1].layer("big")
+    assert (small.sparsity, small.bits) == (0.0, 8)
+    assert big.sparsity > 0 or big.keep_ratio < 1 or big.bits < 8
+    # an unreachable target: every layer as heavy as the ladders go
+    heavy = plans[3]
+    assert heavy.layer("big").sparsity == LADDERS["sparsity"][-1]
+    assert heavy.layer("small").bits == LADDERS["bits"][-1]
