@@ -27,6 +27,7 @@ transforms, so reading or validating a plan loads none of it: a plan stays data.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -77,8 +78,9 @@ class Choices:
         return value
 
 
-class Knob:
-    """The contract every knob implements (subclass one of the three roles below)."""
+class Knob(ABC):
+    """The contract every knob implements (subclass one of the three roles below; a knob
+    missing one of its role's abstract methods cannot be instantiated)."""
 
     #: key in a layer's plan and in the study's parameter names
     name: ClassVar[str]
@@ -101,9 +103,9 @@ class Knob:
     probes: ClassVar[tuple[Any, ...]] = ()
 
     # -- the plan ------------------------------------------------------------------------
+    @abstractmethod
     def check(self, value: Any) -> Any:
         """``value`` validated and normalized (ConfigError naming the knob otherwise)."""
-        raise NotImplementedError
 
     def active(self, value: Any) -> bool:
         """Whether ``value`` changes a layer."""
@@ -116,16 +118,16 @@ class Knob:
         return not self.opt_in or self.name in space.knobs
 
     # -- the model -----------------------------------------------------------------------
+    @abstractmethod
     def apply(self, model: nn.Module, values: Mapping[str, Any],
               input_shape: tuple[int, ...] | None) -> nn.Module:
         """Compress the named layers of ``model`` in place (``values``: layer -> value,
         active values only); returns the model (a transform may replace modules)."""
-        raise NotImplementedError
 
     # -- the report ----------------------------------------------------------------------
+    @abstractmethod
     def summary(self, value: Any) -> str:
         """A few characters for the per-layer summary, e.g. ``s=0.70``."""
-        raise NotImplementedError
 
 
 class StructureKnob(Knob):
@@ -140,44 +142,44 @@ class StructureKnob(Knob):
 class MaskKnob(Knob):
     role = "mask"
 
+    @abstractmethod
     def kept(self, shape: tuple[int, ...], value: Any, before: int) -> int:
         """Positions of a weight of ``shape`` still kept after this knob, when ``before``
         were kept before it (exact: from the plan and the shape, never the weights)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_index(self, before: np.ndarray, mask: np.ndarray, value: Any,
                      shape: tuple[int, ...]) -> bytes:
         """The index of what this knob kept: ``mask`` (flat bool, all positions) within
         ``before`` (flat bool, the positions kept before it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode_index(self, reader: Reader, before: np.ndarray, value: Any,
                      shape: tuple[int, ...], kept: int, key: str) -> np.ndarray:
         """The flat bool mask of kept positions (a subset of ``before`` with ``kept``
         positions) read back; ArtifactError naming ``key`` if the bytes are corrupt."""
-        raise NotImplementedError
 
 
 class ValuesKnob(Knob):
     role = "values"
 
+    @abstractmethod
     def encode_prelude(self, weight: torch.Tensor, value: Any) -> bytes:
         """What the loader needs before the indexes (e.g. per-channel scales)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode_values(self, weight: torch.Tensor, keep: np.ndarray, value: Any) -> bytes:
         """The kept values (``keep``: flat bool over the weight) at this knob's coding."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode(self, reader: Reader, shape: tuple[int, ...], value: Any, key: str
                ) -> Any:
         """Read the prelude: a state for :meth:`decode_values`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def decode_values(self, reader: Reader, state: Any, keep: np.ndarray,
                       shape: tuple[int, ...], value: Any, key: str) -> torch.Tensor:
         """The dense weight of ``shape`` (zeros where not kept)."""
-        raise NotImplementedError
 
 
 def check_ratio(name: str, value: Any, *, low_open: bool, high_open: bool) -> float:

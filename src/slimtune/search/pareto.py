@@ -65,8 +65,7 @@ class FrontPoint:
             dense_flops=a.get("dense_flops"),
             bitops=a.get("bitops"),
             latency_ms=a.get("latency_ms"),
-            extra={o.metric: a[o.metric] for o in OBJECTIVES.values()
-                   if o.metric in a and o.metric not in _FIELDS},
+            extra=_extra(a),
         )
 
     @classmethod
@@ -75,8 +74,7 @@ class FrontPoint:
         return cls(trial=number, accuracy=float(out["accuracy"]),
                    size_bytes=int(out["size_bytes"]), flops=int(out["flops"]), plan={},
                    latency_ms=out.get("latency_ms"),
-                   extra={o.metric: out[o.metric] for o in OBJECTIVES.values()
-                          if o.metric in out and o.metric not in _FIELDS})
+                   extra=_extra(out))
 
 
 def _feasible(t: optuna.trial.FrozenTrial) -> bool:
@@ -120,3 +118,9 @@ def hypervolume(points: list[FrontPoint], teacher: dict[str, Any],
 
 
 _FIELDS = {f.name for f in fields(FrontPoint)}
+
+
+def _extra(metrics: dict[str, Any]) -> dict[str, float]:
+    """The objectives' metrics in ``metrics`` that ``FrontPoint`` has no field for."""
+    return {o.metric: metrics[o.metric] for o in OBJECTIVES.values()
+            if o.metric in metrics and o.metric not in _FIELDS}

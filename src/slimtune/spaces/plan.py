@@ -97,8 +97,9 @@ class LayerPlan(Mapping[str, Any]):
     def from_dict(cls, data: Mapping[str, Any]) -> LayerPlan:
         """The inverse of :meth:`to_dict`; plan version 1's ``sparsity``, ``rank_ratio``
         and ``bits`` are required (KeyError otherwise), every other knob defaults."""
-        for name in ("sparsity", "rank_ratio", "bits"):
-            data[name]  # noqa: B018 - a version 1 plan names these
+        missing = [n for n in ("sparsity", "rank_ratio", "bits") if n not in data]
+        if missing:
+            raise KeyError(missing[0])  # a version 1 plan names these
         return cls(**{str(n): v for n, v in data.items()})
 
 
