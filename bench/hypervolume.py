@@ -1,7 +1,18 @@
 """Does the search beat random search and compressing every layer alike?
 
-Three arms, each a full slimtune search with the same trial budget, the same trial
-function (compress, distil for --epochs, export, measure) and the same teacher:
+Each arm is a full slimtune search with the same budget, the same fine-tune (compress,
+distil for --epochs, export, measure) and the same teacher. With ``--budget-epochs``
+(issue 12) the budget is in trial fine-tune epochs and every arm runs to the largest of
+``--budgets``; a smaller budget's result is the same run's front when that many epochs had
+been spent (for the fixed-trial arms: their first budget / epochs trials, which are
+exactly the arm run at that budget, the grid and the allocator ordering their plans so):
+
+  fidelity the multi-fidelity search (NSGA-II screening rung 0, MO-ASHA promotion up
+           rungs 0, epochs/3, epochs)
+  moasha   MO-ASHA as published: random plans, no warm start, no rung 0 (rungs epochs/9,
+           epochs/3, epochs), the same promotion
+  oneshot  the one-shot allocator (search/allocate.py) for size and FLOPs targets spread
+           along the front, each plan fine-tuned with the full --epochs
 
   search   the default: NSGA-II, warm start (uniform plans, then sensitivity-guided ones),
            early stopping
@@ -40,6 +51,8 @@ from slimtune.export.artifact import load
 from slimtune.objectives.accuracy import accuracy
 from slimtune.search import SearchConfig
 from slimtune.search.engine import search
+from slimtune.search.allocate import one_shot_plans
+from slimtune.search.guided import Sensitivity
 from slimtune.search.pareto import FrontPoint, hypervolume
 from slimtune.spaces.plan import CompressionPlan
 
@@ -74,6 +87,57 @@ def uniform_grid(n: int):
                 list(space.layers), sparsity=sparsity, bits=bits, keep_ratio=keep,
                 temperature=4.0, alpha=0.7, keep_all=space.fixed_channels)
             out.append(space.plan_from_params(space.params_of(plan)))
+        return out
+
+    return plans
+
+
+def first_then_rest(n_small: int, n: int) -> list:
+    """``n`` grid levels whose first ``n_small`` are exactly ``grid_levels(n_small)``."""
+    small = grid_levels(n_small)
+    return small + [lv for lv in grid_levels(n) if lv not in small][: n - n_small]
+
+
+def uniform_grid_nested(n_small: int, n: int):
+    chosen = first_then_rest(n_small, n)
+
+    def plans(space):
+        return [space.plan_from_params(space.params_of(CompressionPlan.uniform(
+            list(space.layers), sparsity=s, bits=b, keep_ratio=k, temperature=4.0, alpha=0.7,
+            keep_all=space.fixed_channels))) for s, b, k in chosen]
+
+    return plans
+
+
+def allocator_targets(n: int) -> list[tuple[str, float]]:
+    """``n`` targets alternating FLOPs (0.5x down to 0.02x) and size (0.2x down to 0.004x),
+    log-spaced; the first ``n`` of a longer list are a coarser spread of the same range
+    (a bit-reversed order), so a smaller budget's targets are a prefix."""
+    half = (n + 1) // 2
+
+    def spread(hi: float, lo: float) -> list[float]:
+        order = sorted(range(half), key=lambda i: int(f"{i:06b}"[::-1], 2))
+        return [hi * (lo / hi) ** (i / max(1, half - 1)) for i in order]
+    flops, size = spread(0.5, 0.02), spread(0.2, 0.004)
+    out = []
+    for f, z in zip(flops, size, strict=True):
+        out += [("flops", f), ("size", z)]
+    return out[:n]
+
+
+def allocator_plans(sens: Sensitivity, n: int):
+    """The first ``n`` distinct one-shot plans along :func:`allocator_targets` (two
+    targets often meet at one plan: more targets are read until there are ``n``)."""
+    def plans(space):
+        out, seen = [], set()
+        for target in allocator_targets(8 * n):
+            plan = one_shot_plans(sens, space, [target])[0]
+            key = repr(sorted(space.params_of(plan).items()))
+            if key not in seen:
+                seen.add(key)
+                out.append(plan)
+            if len(out) == n:
+                break
         return out
 
     return plans
@@ -131,6 +195,138 @@ def git_commit() -> str:
                                                                      "src") else "")
 
 
+def _jobs_in_order(run) -> list:
+    """Every finished job of a run (main and screening study), in order of completion."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from slimtune.search.fidelity_loop import screen_name
+
+    studies = [run.study]
+    try:
+        studies.append(optuna.load_study(study_name=screen_name("slimtune"),
+                                         storage=run.study._storage))
+    except KeyError:
+        pass
+    jobs = [(t.datetime_complete, s is run.study, t) for s in studies
+            for t in s.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    return [(main, t) for _, main, t in sorted(jobs, key=lambda j: (j[0], not j[1]))]
+
+
+def front_at(run, epochs_per_trial: int, budget: float, fixed: bool) -> list[FrontPoint]:
+    """The front of the top-rung results finished once ``budget`` fine-tune epochs had
+    been spent (``fixed``: the first budget / epochs trials, a run of that budget)."""
+    from optuna.trial import TrialState
+
+    from slimtune.objectives.dominance import nondominated
+
+    if fixed:
+        n = int(budget // epochs_per_trial)
+        done = [t for t in run.study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
+                if t.number < n]
+    else:
+        done, spent = [], 0.0
+        for main, t in _jobs_in_order(run):
+            spent += float(t.user_attrs.get("epochs_trained", 0.0))
+            if spent > budget + 1e-9:
+                break
+            if main and t.state == TrialState.COMPLETE:
+                done.append(t)
+    done = [t for t in done if all(c <= 0 for c in t.constraints.values())]
+    directions = [d.name.lower() for d in run.study.directions]
+    return [FrontPoint.of(t) for t in nondominated(done, lambda t: t.values, directions)]
+
+
+def measure_budget(run, front, test, teacher, cache: dict) -> dict:
+    """Hypervolumes (val, test, test in log space) of ``front``, its points re-measured
+    on the full test split (``cache``: trial -> test accuracy)."""
+    test_front = []
+    for p in front:
+        if p.trial not in cache:
+            cache[p.trial] = accuracy(load(run.artifact_path(p.trial)), *test)
+        test_front.append(FrontPoint(p.trial, cache[p.trial], p.size_bytes, p.flops, {}))
+    return {
+        "hypervolume_val": hypervolume(front, teacher),
+        "hypervolume_test": hypervolume(test_front, teacher),
+        "hypervolume_test_log": hypervolume(test_front, teacher, log=True),
+        "front": [{"trial": p.trial, "val": round(p.accuracy, 4), "test": round(q.accuracy, 4),
+                   "size_ratio": round(p.size_bytes / teacher["size_bytes"], 5),
+                   "flops_ratio": round(p.flops / teacher["flops"], 5)}
+                  for p, q in zip(front, test_front, strict=True)],
+    }
+
+
+def budget_mode(args) -> None:
+    """Issue 12's comparison: every arm to the largest budget, measured at each."""
+    import shutil
+
+    budgets = sorted(float(b) for b in args.budgets.split(","))
+    top = budgets[-1]
+    n_trials = int(top // args.epochs)
+    n_small = int(budgets[0] // args.epochs)
+    root = args.run_root or Path(tempfile.mkdtemp(prefix="slimtune-hvb-"))
+    common = dict(model=args.model, data=args.data, subset=args.subset or None,
+                  val_subset=args.val_subset or None, epochs=args.epochs,
+                  teacher_epochs=args.teacher_epochs, seed=args.seed)
+    e = float(args.epochs)
+    arms = {
+        "fidelity": dict(budget_epochs=top, trials=10**6),
+        "search": dict(budget_epochs=top, fidelity=False, trials=n_trials),
+        "uniform": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
+        "random": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
+        "moasha": dict(budget_epochs=top, trials=10**6, sampler="random", warm_start=False,
+                       rungs=(e / 9, e / 3, e)),
+        "oneshot": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
+    }
+    full = load_dataset(args.data, None, None)
+    test = (full.x_test, full.y_test)
+    out = json.loads(args.out.read_text()) if args.out.exists() else {"arms": {}}
+    out.update({"command": "bench/hypervolume.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k not in ("out", "run_root") and v is not None),
+        "machine": f"{platform.node()} {os.cpu_count()} CPUs, {platform.processor() or ''}",
+        "date": time.strftime("%Y-%m-%d %H:%M"), "commit": git_commit()})
+    for name in args.arms.split(","):
+        if name in out["arms"]:
+            print(f"arm {name}: done already, skipped", flush=True)
+            continue
+        run_dir = root / name
+        shutil.rmtree(run_dir, ignore_errors=True)  # an arm cut off is run again whole
+        plans = None
+        if name == "uniform":
+            plans = uniform_grid_nested(n_small, n_trials)
+        elif name == "oneshot":
+            plans = allocator_plans(Sensitivity.from_dict(out["sensitivity"]), n_trials)
+        teacher_pt = root / "teacher.pt"
+        if teacher_pt.exists():  # one teacher per seed, trained by the first arm
+            run_dir.mkdir(parents=True)
+            shutil.copy(teacher_pt, run_dir / "teacher.pt")
+        config = SearchConfig(run_dir=run_dir, **common, **arms[name])
+        print(f"arm {name}: budget {top:g} trial epochs ...", flush=True)
+        result = search(config, initial_plans=plans)
+        if not teacher_pt.exists():
+            shutil.copy(run_dir / "teacher.pt", teacher_pt)
+        teacher = result.run.teacher
+        out["teacher"] = {k: teacher[k] for k in ("accuracy", "size_bytes", "flops")}
+        out["teacher"]["test_accuracy_full"] = accuracy(load_teacher(result.run), *test)
+        if "sensitivity" in result.run.meta:
+            out["sensitivity"] = result.run.meta["sensitivity"]
+        fixed = not config.fidelity
+        cache: dict = {}
+        arm = {"seconds": round(result.seconds, 1), "counts": {
+            k: v for k, v in result.counts.items() if isinstance(v, (int, float, list))},
+            "budgets": {}}
+        for b in sorted({*budgets, top / 2}):
+            front = front_at(result.run, args.epochs, b, fixed)
+            arm["budgets"][f"{b:g}"] = measure_budget(result.run, front, test, teacher, cache)
+        out["arms"][name] = arm
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))  # each arm as it finishes
+        print(name, json.dumps({b: {k: v for k, v in m.items() if k != "front"}
+                                for b, m in arm["budgets"].items()}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="vgg_small")
@@ -145,7 +341,12 @@ def main() -> None:
     ap.add_argument("--arms", default="search,random,uniform")
     ap.add_argument("--out", type=Path, default=Path("bench/results/hypervolume.json"))
     ap.add_argument("--run-root", type=Path, default=None)
+    ap.add_argument("--budgets", default=None,
+                    help="budgets in trial epochs, e.g. 72,120: issue 12's comparison "
+                         "(arms fidelity,search,uniform,random,moasha,oneshot)")
     args = ap.parse_args()
+    if args.budgets:
+        return budget_mode(args)
     root = args.run_root or Path(tempfile.mkdtemp(prefix="slimtune-hv-"))
     common = dict(model=args.model, data=args.data, subset=args.subset,
                   val_subset=args.val_subset or None, trials=args.trials,

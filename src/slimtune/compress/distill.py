@@ -71,6 +71,7 @@ def distill(
     augment: Augment | None = None,
     generator: torch.Generator | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    steps: tuple[int, int] | None = None,
 ) -> nn.Module:
     """Fine-tune ``student`` in place on the split ``train`` against the teacher:
     ``distill(student, teacher, train, config)``.
@@ -81,6 +82,10 @@ def distill(
     ``train.batches(config.batch_size, shuffle=True, generator=generator, augment=True)``
     on the student's device. ``on_epoch(epoch, mean_loss)`` is called after every epoch.
     The older form ``distill(student, teacher, x, y, config, augment=...)`` takes tensors.
+
+    ``steps=(start, stop)``: run only steps ``start`` to ``stop`` of the cosine schedule laid
+    out over ``config.epochs`` (a rung of the fidelity ladder continuing a student from
+    step ``start``; Adam's moments start afresh). ``on_epoch`` then sees full passes only.
     """
     if isinstance(train, torch.Tensor):  # the older form: tensors x, y and the augment
         y, config = rest
@@ -102,7 +107,22 @@ def distill(
         return student
     steps_per_epoch = math.ceil(n / config.batch_size)
     opt = torch.optim.Adam(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    epochs, max_steps = config.epochs, None
+    if steps is None:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    else:
+        start, stop = steps
+        if not 0 <= start <= stop <= total_steps:
+            raise ConfigError(f"`steps` must satisfy 0 <= start <= stop <= {total_steps} "
+                              f"(the schedule's steps), but got {steps}")
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(start + k, total_steps)
+                                                  / total_steps)))
+        max_steps = stop - start
+        epochs = math.ceil(max_steps / steps_per_epoch)
+        if max_steps == 0:
+            return student
     total = 0.0  # sum of the per-example losses of this epoch
 
     def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
@@ -125,6 +145,6 @@ def distill(
             on_epoch(epoch, total / n)
         total = 0.0
 
-    return train_loop(student, train, loss_fn, opt, sched, epochs=config.epochs,
+    return train_loop(student, train, loss_fn, opt, sched, epochs=epochs,
                       batch_size=config.batch_size, generator=generator, on_batch=check,
-                      on_epoch=report)
+                      on_epoch=report, max_steps=max_steps)

@@ -33,9 +33,11 @@ def train_loop(
     generator: torch.Generator | None = None,
     on_batch: Callable[[int, int, Batch, torch.Tensor], None] | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    max_steps: int | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place for ``epochs`` passes over ``train`` and return it in eval
-    mode. Each pass is one permutation drawn from ``generator``, each batch augmented
+    """Train ``model`` in place for ``epochs`` passes over ``train`` (or until
+    ``max_steps`` steps, mid-pass if need be) and return it in eval mode. Each pass is one
+    permutation drawn from ``generator``, each batch augmented
     with it (the split's own training augmentation), then one optimizer step and one
     schedule step.
 
@@ -48,6 +50,8 @@ def train_loop(
         model.train()
         for batch in train.batches(batch_size, shuffle=True, generator=generator,
                                    augment=True):
+            if max_steps is not None and step >= max_steps:
+                return model.eval()
             loss = loss_fn(model, batch)
             step += 1
             if on_batch is not None:

@@ -14,7 +14,7 @@ __all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES", "RESUME_OV
            "parse_quantity"]
 
 #: settings that may change when a run is resumed (how it runs, not what it searches)
-RESUME_OVERRIDES = ("trials", "address", "cpus_per_trial", "gpus_per_trial", "max_failures",
+RESUME_OVERRIDES = ("trials", "budget_epochs", "address", "cpus_per_trial", "gpus_per_trial", "max_failures",
                     "storage", "study_name")
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -82,6 +82,13 @@ class SearchConfig:
     early_stop: bool = True  # Pareto-aware early stopping of dominated trials
     storage: str | None = None  # SQLAlchemy URL of a shared study (default: SQLite in run dir)
     study_name: str = "slimtune"
+    #: the search's budget in fine-tune epochs, summed over all trials (``--budget-epochs``)
+    budget_epochs: float | None = None
+    #: multi-fidelity search (search/fidelity.py); None: on when ``budget_epochs`` is given
+    fidelity: bool | None = None
+    #: the fidelity ladder, fine-tune epochs reached at each rung (default 0, epochs/3, epochs)
+    rungs: tuple[float, ...] | None = None
+    eta: int = 3  # of the plans at a rung, the top 1/eta may move up
 
     def __post_init__(self) -> None:
         checks = [
@@ -116,6 +123,7 @@ class SearchConfig:
         ]
         objectives = tuple(self.objectives)
         object.__setattr__(self, "objectives", objectives)
+        checks += self._fidelity_checks()
         object.__setattr__(self, "knobs", tuple(self.knobs))
         from slimtune.knobs import KNOBS
 
@@ -135,6 +143,35 @@ class SearchConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+
+    def _fidelity_checks(self) -> list[tuple[bool, str]]:
+        """Resolve ``fidelity`` and ``rungs``; the rules they and ``budget_epochs`` obey."""
+        fidelity = self.budget_epochs is not None if self.fidelity is None else self.fidelity
+        object.__setattr__(self, "fidelity", bool(fidelity))
+        rungs = self.rungs
+        if fidelity and rungs is None:
+            rungs = (0.0, self.epochs / 3, float(self.epochs))
+        if rungs is not None:
+            rungs = tuple(float(r) for r in rungs)
+        object.__setattr__(self, "rungs", rungs)
+        shared = self.storage is not None and not self.storage.startswith("sqlite:")
+        return [
+            (self.budget_epochs is None or self.budget_epochs > 0,
+             f"`--budget-epochs` must be greater than 0, but got {self.budget_epochs}"),
+            (not fidelity or self.budget_epochs is not None,
+             "the multi-fidelity search needs `--budget-epochs N` (its budget in fine-tune "
+             "epochs), but got none"),
+            (not fidelity or self.epochs >= 1,
+             f"the multi-fidelity search needs `--epochs` of at least 1, but got {self.epochs}"),
+            (not fidelity or not shared,
+             "the multi-fidelity search runs one driver: with a shared `--storage` use "
+             "`--no-fidelity`, but got --storage " + str(self.storage).split("://")[0] + "://..."),
+            (rungs is None or (len(rungs) >= 2 and rungs[0] >= 0 and rungs[-1] == self.epochs
+                               and all(b > a for a, b in zip(rungs, rungs[1:], strict=False))),
+             f"`--rungs` must be at least two rising fine-tune epochs from 0 or more, the last "
+             f"equal to --epochs {self.epochs}, but got {list(rungs or [])}"),
+            (self.eta >= 2, f"`--eta` must be at least 2, but got {self.eta}"),
+        ]
 
     @property
     def resolved_teacher_epochs(self) -> int:
@@ -176,6 +213,7 @@ class SearchConfig:
         d.pop("storage")
         d["objectives"] = list(self.objectives)
         d["knobs"] = list(self.knobs)
+        d["rungs"] = list(self.rungs) if self.rungs is not None else None
         for k in ("data_dir", "checkpoint"):
             d[k] = str(d[k]) if d[k] is not None else None
         d["run_dir"] = str(self.resolved_run_dir)

@@ -35,6 +35,7 @@ from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
 from slimtune.search.checks import check_model_runs, check_run_dir
 from slimtune.search.config import RESUME_OVERRIDES, SearchConfig
 from slimtune.search.events import SearchEvents, SearchResult, TrialRecord
+from slimtune.search.fidelity_loop import _fidelity_loop, screen_name
 from slimtune.search.loop import _loop
 from slimtune.search.optuna_internals import (
     _fail_stale,
@@ -42,6 +43,7 @@ from slimtune.search.optuna_internals import (
 )
 from slimtune.search.pareto import pareto_front
 from slimtune.search.ray_runner import RayCluster
+from slimtune.search.rung import RungSpec, run_rung
 from slimtune.search.rundir import _check_settings, _refuse_existing, _RunLock
 from slimtune.search.signals import Terminated, sigterm_as_interrupt
 from slimtune.search.study import Run, create_study, make_sampler, open_run, open_storage
@@ -66,6 +68,7 @@ def resume(
     trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_trial,
     *,
     trust_module: str | list[str] | None = None,
+    job_fn: Callable[[RungSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_rung,
     **overrides: Any,
 ) -> SearchResult:
     """Continue the search in ``run_dir`` with its stored settings up to its trial budget.
@@ -100,7 +103,8 @@ def resume(
     stored["objectives"] = tuple(stored["objectives"])
     fields = set(SearchConfig.__dataclass_fields__)
     config = SearchConfig(**{k: v for k, v in {**stored, **overrides}.items() if k in fields})
-    return search(config, events, trial_fn, resume=True, trust_module=trust_module)
+    return search(config, events, trial_fn, resume=True, trust_module=trust_module,
+                  job_fn=job_fn)
 
 
 def search(
@@ -111,11 +115,14 @@ def search(
     resume: bool = False,
     initial_plans: Callable[[SearchSpace], list[CompressionPlan]] | None = None,
     trust_module: str | list[str] | None = None,
+    job_fn: Callable[[RungSpec, dict[str, torch.Tensor]], dict[str, Any]] = run_rung,
 ) -> SearchResult:
-    """Run a search of ``config.trials`` trials; with ``resume``, continue the one in
+    """Run a search of ``config.trials`` trials (or, multi-fidelity, of
+    ``config.budget_epochs`` fine-tune epochs); with ``resume``, continue the one in
     ``config.run_dir`` up to that many (see :func:`resume`).
 
-    ``trial_fn`` (tests and benchmarks) replaces the trial function run in each Ray task.
+    ``trial_fn`` (tests and benchmarks) replaces the trial function run in each Ray task,
+    ``job_fn`` the rung job of the multi-fidelity search (search/rung.py).
     ``initial_plans(space)``: plans of your own to run first (after the warm start's).
     The model and data set ``config`` names are the caller's, so user code they name is
     trusted; with ``resume`` they come from the study and only ``trust_module`` is.
@@ -163,7 +170,14 @@ def search(
             if meta is not None:
                 _check_settings(run_dir, config, meta)
             retried = _fail_stale(study, all_running_dead=not shared)
-            n_before = len(study.get_trials(deepcopy=False))
+            screen = None  # the multi-fidelity search's screening study (fidelity_loop.py)
+            if config.fidelity:
+                screen = create_study(run_dir, make_sampler(config.sampler, config.seed),
+                                      config.metrics, config.directions, config.storage,
+                                      screen_name(config.study_name))
+                retried += _fail_stale(screen, all_running_dead=True)
+            proposer = screen or study  # the study whose sampler proposes the plans
+            n_before = len(proposer.get_trials(deepcopy=False))
 
             teacher, source = load_or_train_teacher(
                 run_dir / "teacher.pt", config.model, data,
@@ -180,18 +194,23 @@ def search(
             if meta is None:
                 meta = _begin_study(config, study, space, teacher, data, teacher_ref,
                                     concurrency, ev, source, initial_plans, trust,
-                                    _sensitivity)  # looked up here: a test replaces it
+                                    _sensitivity,  # looked up here: a test replaces it
+                                    queue=proposer)
             elif ev.teacher_ready:
                 ev.teacher_ready(meta["teacher"], source)
             # the warm start is the genetic samplers' first generation; Optuna keeps no
             # sampler state, so a resumed run reseeds (the same seed would replay the draws)
             population = meta.get("population", len(space.uniform_levels())
                                   if config.warm_start else None)
-            study.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before,
-                                         population)
+            proposer.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before,
+                                            population)
             run = Run(dir=run_dir, study=study)
-            counts = _loop(config, run, space, teacher_ref, concurrency, ev, trial_fn, shared,
-                           retried, trust, signals)
+            if screen is not None:
+                counts = _fidelity_loop(config, run, screen, space, teacher_ref, concurrency,
+                                        ev, job_fn, trust, signals)
+            else:
+                counts = _loop(config, run, space, teacher_ref, concurrency, ev, trial_fn,
+                               shared, retried, trust, signals)
     finally:
         if lock is not None:
             lock.release()

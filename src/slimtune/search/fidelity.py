@@ -18,7 +18,7 @@ plan and ``s.add(...)`` it), and ``s.report(plan, rung, accuracy)`` when a job r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from slimtune.errors import ConfigError
@@ -137,9 +137,12 @@ class MOASHA:
         self.running.add((plan, 0))
         return Job(plan, 0, -1)
 
-    def next_job(self) -> Job | None:
-        """The promotion due now, from the highest rung down (None: start a new plan)."""
+    def next_job(self, affordable: Callable[[int], bool] | None = None) -> Job | None:
+        """The promotion due now, from the highest rung down (None: start a new plan).
+        ``affordable(rung)``: whether a promotion from ``rung`` may start now (the budget)."""
         for rung in range(self.top - 1, -1, -1):
+            if affordable is not None and not affordable(rung):
+                continue
             plan = self._promotable(rung)
             if plan is not None:
                 self.promoted[rung].add(plan)

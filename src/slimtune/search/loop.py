@@ -62,10 +62,13 @@ def _loop(
     )
     threads = max(1, math.floor(config.cpus_per_trial))
     counted = _counted(study)
-    todo = max(0, config.trials - counted)
+    limit = config.trials  # with --budget-epochs (fidelity off): as many as it pays for
+    if config.budget_epochs is not None and config.epochs:
+        limit = min(limit, int(config.budget_epochs // config.epochs))
+    todo = max(0, limit - counted)
     counts: dict[str, Any] = {
         "done": 0, "failed": 0, "pruned": 0, "over_budget": 0, "running": 0,
-        "total": todo, "budget": config.trials, "before": counted, "retried": len(retried),
+        "total": todo, "budget": limit, "before": counted, "retried": len(retried),
         "hypervolume": 0.0, "front": 0, "epochs_saved": 0, "epochs_trained": 0,
     }
     teacher_metrics = run.teacher
@@ -90,7 +93,7 @@ def _loop(
     try:
         while started < todo or pending:
             while started < todo and len(pending) < concurrency:
-                if shared and started and _counted(study) >= config.trials:
+                if shared and started and _counted(study) >= limit:
                     todo = started  # other drivers of the shared study used the budget
                     break
                 if genetic and not queued and enqueued_running:

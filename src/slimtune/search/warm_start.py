@@ -53,12 +53,13 @@ def _begin_study(
     config: SearchConfig, study: optuna.Study, space: SearchSpace, teacher: torch.nn.Module,
     data: Any, teacher_ref: Any, concurrency: int, ev: SearchEvents, source: str,
     initial_plans: Callable[[SearchSpace], list[CompressionPlan]] | None, trust: Trust,
-    sensitivity: SensitivityPass,
+    sensitivity: SensitivityPass, queue: optuna.Study | None = None,
 ) -> dict[str, Any]:
     """A new study: measure the teacher, run the sensitivity pass (``sensitivity``, i.e.
     :func:`_sensitivity`), store the run's metadata and enqueue the warm start (uniform
-    plans, then guided ones, then ``initial_plans``). A sensitivity pass that fails costs
-    only the guided plans (a warning says why)."""
+    plans, then guided ones, then ``initial_plans``) in ``queue`` (default: ``study``; the
+    multi-fidelity search's screening study). A sensitivity pass that fails costs only
+    the guided plans (a warning says why)."""
     meta: dict[str, Any] = {
         "version": __version__,
         "config": config.to_dict(),
@@ -92,7 +93,7 @@ def _begin_study(
     study.set_user_attr("slimtune", meta)
     first += initial_plans(space) if initial_plans else []
     for plan in first:
-        study.enqueue_trial(space.params_of(plan), skip_if_exists=True)
+        (queue or study).enqueue_trial(space.params_of(plan), skip_if_exists=True)
     return meta
 
 

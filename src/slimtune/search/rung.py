@@ -1,0 +1,102 @@
+"""One job of the multi-fidelity search: take a plan from one rung of the fidelity ladder
+to the next. Pure; no Ray, no Optuna here.
+
+A plan's first job builds its compressed student from the teacher and, on a ladder whose
+first rung is 0 epochs, re-estimates its BatchNorm statistics (rung 0: no gradient step).
+Each later job loads the student's weights saved by the rung below (a state dict, read
+with ``weights_only=True``) and fine-tunes on, steps ``start`` to ``stop`` of the one
+cosine schedule laid out over the top rung's epochs, so the rungs of a plan add up to
+one uninterrupted schedule (Adam's moments restart at each rung). The top rung's job
+exports the artifact, measured as every trial is (:class:`Measured`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from slimtune.compress.apply import apply
+from slimtune.compress.distill import DistillConfig, distill
+from slimtune.compress.recalibrate import recalibrate_batchnorm
+from slimtune.models.train import accuracy
+from slimtune.objectives.measure import RECORDED, Measured
+from slimtune.objectives.table import objectives_of
+from slimtune.search.trial import TrialSpec
+from slimtune.search.worker import set_up
+from slimtune.spaces.plan import CompressionPlan
+
+__all__ = ["RungSpec", "run_rung", "state_path"]
+
+
+@dataclass(frozen=True)
+class RungSpec:
+    """Take ``trial.plan`` from ``start`` to ``stop`` fine-tune epochs (``trial.epochs``:
+    the top rung's, over which the schedule is laid out)."""
+
+    trial: TrialSpec
+    rung: int
+    start: float
+    stop: float
+    top: bool  # the last rung: export the artifact
+    recalibrate: bool = True  # a student built from the teacher gets rung 0's BatchNorm pass
+    state_in: str | None = None  # the weights at ``start`` (None: build from the teacher)
+    state_out: str | None = None  # where to save the weights at ``stop`` (None: do not)
+
+
+def state_path(run_dir: Path, plan: int, rung: int) -> Path:
+    """Where a plan's student is kept between rungs."""
+    return run_dir / "trials" / f"plan-{plan:05d}.rung-{rung}.pt"
+
+
+def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Run one rung job. The result's ``status``: ``complete``, or ``over_budget`` (a plan
+    above ``--max-size``/``--max-flops``: not trained, ``accuracy`` is before any step)."""
+    t = spec.trial
+    t0, began = time.perf_counter(), time.time()
+    device, data, teacher = set_up(t, teacher_state)
+    where = {"threads": torch.get_num_threads(), "device": str(device), "seed": t.seed}
+    train = data.to(device)
+    plan = CompressionPlan.from_dict(t.plan)
+    student = apply(teacher, plan, data.input_shape)
+    measured = Measured.of(student, t.model, data.num_classes, data.input_shape, plan,
+                           data.val, device)  # size, FLOPs: exact before training
+    size, flops = len(measured.blob), measured.flops.effective
+    costs = {"size_bytes": size, "flops": flops, "dense_flops": measured.flops.dense,
+             "bitops": measured.flops.bitops}
+    over = (t.max_size is not None and size > t.max_size) or (
+        t.max_flops is not None and flops > t.max_flops)
+    if spec.state_in is not None:
+        student.load_state_dict(torch.load(spec.state_in, map_location=device,
+                                           weights_only=True))
+    elif spec.recalibrate:
+        recalibrate_batchnorm(student, train.train,
+                              generator=torch.Generator().manual_seed(t.seed))
+    if not over and spec.stop > spec.start:
+        cfg = DistillConfig(temperature=plan.temperature, alpha=plan.alpha, epochs=t.epochs,
+                            lr=t.lr, batch_size=t.batch_size)
+        per_epoch = math.ceil(len(train.train) / t.batch_size)
+        steps = (round(spec.start * per_epoch), round(spec.stop * per_epoch))
+        torch.manual_seed(t.seed * 31 + spec.rung)  # dropout's draws, whatever ran before
+        distill(student, teacher, train.train, cfg, steps=steps,
+                generator=torch.Generator().manual_seed(t.seed * 31 + spec.rung))
+    out: dict[str, Any] = {"status": "over_budget" if over else "complete", **costs,
+                           "rung": spec.rung, "epochs": spec.stop,
+                           "epochs_trained": 0.0 if over else spec.stop - spec.start}
+    if spec.top and not over:
+        final = measured.again(student)
+        out.update(final.results(t.objectives), artifact=final.blob)
+    else:
+        for o in objectives_of(t.objectives):  # the other costs (stored weights, latency)
+            if o.name not in RECORDED:
+                out[o.metric] = o.measure(measured)
+        out["accuracy"] = accuracy(student, train.val)
+        if spec.state_out is not None and not over:
+            Path(spec.state_out).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(student.state_dict(), spec.state_out)
+    out.update(seconds=time.perf_counter() - t0, ran=[began, time.time()], **where)
+    return out
