@@ -50,8 +50,8 @@ from slimtune.data.datasets import load_dataset
 from slimtune.export.artifact import load
 from slimtune.objectives.accuracy import accuracy
 from slimtune.search import SearchConfig
-from slimtune.search.engine import search
 from slimtune.search.allocate import one_shot_plans
+from slimtune.search.engine import search
 from slimtune.search.guided import Sensitivity
 from slimtune.search.pareto import FrontPoint, hypervolume
 from slimtune.spaces.plan import CompressionPlan

@@ -148,3 +148,17 @@ def test_the_log_space_hypervolume_by_hand():
     assert hypervolume([p], teacher) == pytest.approx(0.99 * 0.9 * 0.9)
     beyond = FrontPoint(trial=1, accuracy=0.9, size_bytes=0.5, flops=100, plan={})
     assert hypervolume([beyond], teacher, log=True) == pytest.approx(1 * (1 / 3) * 0.9)
+
+
+def test_a_promotion_the_budget_cannot_pay_for_is_not_given():
+    s = MOASHA(rungs=(0, 1, 3), eta=2)
+    for plan, acc in enumerate([0.5, 0.9, 0.7, 0.8]):
+        s.add(plan)
+        s.report(plan, 0, _costs(10 + plan), acc)
+    s.add(9)
+    s.report(9, 0, _costs(1), 0.1)
+    # rung 0 -> 1 is unaffordable: nothing is promoted and nothing is marked promoted
+    assert s.next_job(affordable=lambda rung: rung != 0) is None
+    assert s.counts()["promoted"] == [0, 0, 0]
+    job = s.next_job(affordable=lambda rung: True)
+    assert job is not None and job.rung == 1 and job.start == 0

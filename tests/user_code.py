@@ -130,3 +130,34 @@ class _FailsInTraining(nn.Module):
 
 def markup_failing_model(num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     return _FailsInTraining(num_classes)
+
+
+#: the accuracy every plan shows at rung 0 in ``rung_job``: higher than any fine-tuned one,
+#: so a rung-0 result on the front would be seen at once
+RUNG0_ACCURACY = 0.999
+
+
+def rung_job(spec, teacher_state):
+    """A multi-fidelity job with plan-dependent numbers at once. It checks the engine's
+    wiring as a real job would need it: a job continuing a plan is given the file the job
+    below it saved (it raises otherwise), and it saves its own where told."""
+    from pathlib import Path
+
+    t = spec.trial
+    if spec.state_in is not None:
+        saved = Path(spec.state_in).read_text()  # FileNotFoundError: the wiring is wrong
+        if saved != f"{t.seed} {spec.start:g}":
+            raise RuntimeError(f"state {spec.state_in} holds {saved!r}, not this plan's")
+    if spec.state_out is not None:
+        Path(spec.state_out).write_text(f"{t.seed} {spec.stop:g}")
+    layers = list(t.plan["layers"].values())
+    s = sum(lp["sparsity"] for lp in layers) / len(layers)
+    keep = sum(lp["keep_ratio"] for lp in layers) / len(layers)
+    bits = sum(lp["bits"] for lp in layers) / len(layers)
+    final = 1.0 - 0.3 * s - 0.2 * (1 - keep)
+    acc = RUNG0_ACCURACY if spec.stop == 0 else final * (0.6 + 0.4 * spec.stop / t.epochs)
+    return {"status": "complete", "accuracy": acc, "rung": spec.rung, "epochs": spec.stop,
+            "epochs_trained": spec.stop - spec.start,
+            "size_bytes": int(5000 * (1 - s) * bits * keep) + 1,
+            "flops": int(600_000 * (1 - s) * keep) + 1, "dense_flops": 633_728, "bitops": 0,
+            "artifact": b"", "seconds": 0.0}

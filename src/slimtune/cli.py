@@ -135,6 +135,20 @@ def cli() -> None:
 @click.option("--early-stop/--no-early-stop", default=True, show_default=True,
               help="Stop a trial once a finished one, no larger and with no more FLOPs, beats "
                    "its accuracy by more than a margin that shrinks as epochs pass.")
+@click.option("--budget-epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="N",
+              help="The search's budget in fine-tune epochs over all trials; turns on the "
+                   "multi-fidelity search (many plans screened, the best fine-tuned) unless "
+                   "--no-fidelity.")
+@click.option("--fidelity/--no-fidelity", default=None,
+              help="Multi-fidelity search: screen plans at rung 0 (BatchNorm re-estimated, "
+                   "no training), promote the non-dominated up the --rungs [default: on "
+                   "with --budget-epochs].")
+@click.option("--rungs", default=None, metavar="E0,E1,...",
+              help="Fine-tune epochs reached at each rung, the last = --epochs "
+                   "[default: 0,EPOCHS/3,EPOCHS].")
+@click.option("--eta", type=click.IntRange(min=2), default=_D.eta, show_default=True,
+              help="Of the plans at a rung, the top 1/ETA move up.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
               metavar="DIR",
               help="Continue the search in DIR with its settings up to its trial budget "
@@ -161,6 +175,13 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         kwargs["max_size"] = parse_quantity(kwargs["max_size"], "--max-size", "B")
     if kwargs["max_flops"] is not None:
         kwargs["max_flops"] = parse_quantity(kwargs["max_flops"], "--max-flops")
+    if kwargs["rungs"] is not None:
+        try:
+            kwargs["rungs"] = tuple(float(r) for r in kwargs["rungs"].split(","))
+        except ValueError:
+            raise click.BadParameter(f"must be comma-separated fine-tune epochs like 0,1,3, "
+                                     f"but got {kwargs['rungs']!r}",
+                                     param_hint="--rungs") from None
     if resume_dir is not None:
         given = {k: v for k, v in kwargs.items()
                  if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
@@ -230,9 +251,39 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
             + " (x = smaller / fewer than the teacher)"
         )
 
+    def ladder_started(budget: float, rungs: tuple[float, ...], concurrency: int) -> None:
+        state["task"] = progress.add_task("fine-tune epochs", total=budget, info="")
+        progress.console.log(
+            f"multi-fidelity search: {budget:g} fine-tune epochs, {concurrency} jobs at a "
+            f"time, rungs at {', '.join(f'{r:g}' for r in rungs)} epochs (rung 0: "
+            f"BatchNorm re-estimated, no training); x = smaller / fewer than the teacher")
+
+    def job_done(t: Any, counts: dict[str, Any]) -> None:
+        teacher = state["teacher"]
+        a = t.user_attrs
+        if t.state.name == "FAIL":
+            progress.console.print(f"plan {a.get('plan_id', '?'):>4} rung {a.get('rung', '?')}"
+                                   f"  FAILED: {a.get('error', '?')}")
+        elif a.get("rung", 0) > 0:  # rung 0 is many and quick: the bar counts it
+            line = (f"plan {a['plan_id']:4d}  rung {a['rung']} ({a['epochs']:.3g} ep)  acc "
+                    f"{a['val_accuracy']:.4f}  {_fmt_bytes(a['size_bytes']):>9} "
+                    f"({t.x_smaller(teacher):4.1f}x)  {_fmt_count(a['flops']):>7} MACs "
+                    f"({t.x_fewer(teacher):4.2f}x)  {a.get('seconds', 0):4.1f} s")
+            if t.state.name == "COMPLETE":
+                line += f"  -> trial {t.number}"
+            progress.console.print(line)
+        promoted = ", ".join(str(p) for p in counts["promoted"][:-1])
+        progress.update(
+            state["task"], completed=counts["epochs_spent"],
+            info=f"screened {counts['screened']}, promoted {promoted}, fully trained "
+                 f"{counts['fully_trained']}, failed {counts['failed']}; front "
+                 f"{counts['front']}, hypervolume {counts['hypervolume']:.4f}")
+
     def trial_done(t: Any, counts: dict[str, Any]) -> None:
         import time
 
+        if "budget_epochs" in counts:
+            return job_done(t, counts)
         teacher = state["teacher"]
         a = t.user_attrs
         name = t.state.name
@@ -268,7 +319,8 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
 
     events = SearchEvents(teacher_epoch=teacher_epoch, teacher_step=teacher_step,
                           teacher_ready=teacher_ready, sensitivity=sensitivity, guided=guided,
-                          started=started, trial_done=trial_done, warning=warning)
+                          started=started, trial_done=trial_done, warning=warning,
+                          ladder_started=ladder_started)
     trust = list(trust_module) or None
     try:
         if resume_dir is not None:
@@ -298,6 +350,16 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         if state.get("live"):
             progress.stop()
     c = result.counts
+    if "budget_epochs" in c:
+        steps = ", ".join(f"{i}->{i + 1}: {p}" for i, p in enumerate(c["promoted"][:-1]))
+        err.print(f"search finished in {result.seconds:.0f} s: {c['reached'][0]} plans "
+                  f"screened, promoted {steps}; "
+                  f"{c['fully_trained']} fully fine-tuned, {c['failed']} jobs failed; "
+                  f"{c['epochs_spent']:.1f} of {c['budget_epochs']:g} fine-tune epochs spent; "
+                  f"hypervolume {c['hypervolume']:.4f}")
+        _print_front(run_dir, kwargs.get("storage"),
+                     kwargs.get("study_name") or _D.study_name, html_path=None)
+        return
     extra = ""
     if c["pruned"] or c["over_budget"]:
         extra = (f"; {c['pruned']} stopped early, {c['over_budget']} over budget (not "

@@ -14,8 +14,8 @@ __all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES", "RESUME_OV
            "parse_quantity"]
 
 #: settings that may change when a run is resumed (how it runs, not what it searches)
-RESUME_OVERRIDES = ("trials", "budget_epochs", "address", "cpus_per_trial", "gpus_per_trial", "max_failures",
-                    "storage", "study_name")
+RESUME_OVERRIDES = ("trials", "budget_epochs", "address", "cpus_per_trial", "gpus_per_trial",
+                    "max_failures", "storage", "study_name")
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30}

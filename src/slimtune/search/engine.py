@@ -43,8 +43,8 @@ from slimtune.search.optuna_internals import (
 )
 from slimtune.search.pareto import pareto_front
 from slimtune.search.ray_runner import RayCluster
-from slimtune.search.rung import RungSpec, run_rung
 from slimtune.search.rundir import _check_settings, _refuse_existing, _RunLock
+from slimtune.search.rung import RungSpec, run_rung
 from slimtune.search.signals import Terminated, sigterm_as_interrupt
 from slimtune.search.study import Run, create_study, make_sampler, open_run, open_storage
 from slimtune.search.trial import TrialSpec, run_trial

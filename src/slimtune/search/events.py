@@ -34,6 +34,8 @@ class SearchEvents:
     warning: Callable[[str], None] | None = None  # something went wrong, the search goes on
     started: Callable[[int, int], None] | None = None  # (trials to run, concurrency)
     trial_done: Callable[[TrialRecord, dict[str, Any]], None] | None = None
+    #: the multi-fidelity search begins: (budget in fine-tune epochs, rungs, concurrency)
+    ladder_started: Callable[[float, tuple[float, ...], int], None] | None = None
 
 
 @dataclass

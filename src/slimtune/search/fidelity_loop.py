@@ -172,8 +172,8 @@ def _fidelity_loop(
             state_out=str(state_path(run.dir, job.plan, job.rung)) if keep else None)
         pending[task.remote(spec, teacher_ref)] = _Running(job, stop - start, plan, trial)
 
-    if ev.started:
-        ev.started(budget, concurrency)
+    if ev.ladder_started:
+        ev.ladder_started(budget, rungs, concurrency)
     try:
         while True:
             while len(pending) < concurrency:
