@@ -169,7 +169,8 @@ def _fidelity_loop(
             stop=stop, top=job.rung == top, recalibrate=rungs[0] == 0,
             state_in=(str(state_path(run.dir, job.plan, job.start))
                       if job.start >= 0 and (job.start > 0 or rungs[0] > 0) else None),
-            state_out=str(state_path(run.dir, job.plan, job.rung)) if keep else None)
+            state_out=str(state_path(run.dir, job.plan, job.rung)) if keep else None,
+            costs=_costs_of(plans[job.plan].user_attrs, config) if job.start >= 0 else None)
         pending[task.remote(spec, teacher_ref)] = _Running(job, stop - start, plan, trial)
 
     if ev.ladder_started:
@@ -267,6 +268,12 @@ def _stop(screen: optuna.Study, pending: dict[Any, _Running], reason: str) -> No
             ray.cancel(ref, force=True)
     pending.clear()
     _abandon(screen, screening, reason, reorder=True)
+
+
+def _costs_of(attrs: dict[str, Any], config: SearchConfig) -> dict[str, float]:
+    """A plan's costs as its first rung measured them (they cannot change up the ladder)."""
+    keys = ("size_bytes", "flops", "dense_flops", "bitops", *_cost_metrics(config))
+    return {k: attrs[k] for k in dict.fromkeys(keys) if k in attrs}
 
 
 def _trial_spec(config: SearchConfig, plan: dict[str, Any], job: Job, trust: Trust

@@ -12,6 +12,7 @@ exports the artifact, measured as every trial is (:class:`Measured`).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch
 from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
 from slimtune.compress.recalibrate import recalibrate_batchnorm
-from slimtune.models.train import accuracy
+from slimtune.models.train import accuracy, logits_of
 from slimtune.objectives.measure import RECORDED, Measured
 from slimtune.objectives.table import objectives_of
 from slimtune.search.trial import TrialSpec
@@ -46,11 +47,38 @@ class RungSpec:
     recalibrate: bool = True  # a student built from the teacher gets rung 0's BatchNorm pass
     state_in: str | None = None  # the weights at ``start`` (None: build from the teacher)
     state_out: str | None = None  # where to save the weights at ``stop`` (None: do not)
+    #: the plan's costs measured at its first rung (size_bytes, flops, ...): a job below
+    #: the top then skips encoding the student again (they cannot change)
+    costs: dict[str, float] | None = None
 
 
 def state_path(run_dir: Path, plan: int, rung: int) -> Path:
     """Where a plan's student is kept between rungs."""
     return run_dir / "trials" / f"plan-{plan:05d}.rung-{rung}.pt"
+
+
+#: the teacher's logits on the training split, per process (Ray reuses its workers): every
+#: job of a search distils from the same teacher on the same split
+_LOGITS: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def _teacher_logits(t: TrialSpec, teacher: torch.nn.Module,
+                    teacher_state: dict[str, torch.Tensor], train: Any
+                    ) -> torch.nn.Module | torch.Tensor:
+    """``teacher``'s logits on ``train`` (computed once per process and teacher), or the
+    teacher itself for a split that augments (new inputs every epoch)."""
+    if train.augments:
+        return teacher
+    digest = hashlib.sha1()
+    for name, v in teacher_state.items():
+        digest.update(name.encode())
+        digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    key = (t.model, t.data, t.data_dir, t.subset, t.val_subset, digest.hexdigest(),
+           str(next(teacher.parameters()).device))
+    if key not in _LOGITS:
+        _LOGITS.clear()
+        _LOGITS[key] = logits_of(teacher, train)
+    return _LOGITS[key]
 
 
 def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -63,11 +91,18 @@ def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str
     train = data.to(device)
     plan = CompressionPlan.from_dict(t.plan)
     student = apply(teacher, plan, data.input_shape)
-    measured = Measured.of(student, t.model, data.num_classes, data.input_shape, plan,
-                           data.val, device)  # size, FLOPs: exact before training
-    size, flops = len(measured.blob), measured.flops.effective
-    costs = {"size_bytes": size, "flops": flops, "dense_flops": measured.flops.dense,
-             "bitops": measured.flops.bitops}
+    measured = None
+    if spec.costs is not None and not spec.top:
+        costs: dict[str, Any] = dict(spec.costs)
+    else:
+        measured = Measured.of(student, t.model, data.num_classes, data.input_shape, plan,
+                               data.val, device)  # size, FLOPs: exact before training
+        costs = {"size_bytes": len(measured.blob), "flops": measured.flops.effective,
+                 "dense_flops": measured.flops.dense, "bitops": measured.flops.bitops}
+        for o in objectives_of(t.objectives):  # the other costs (stored weights, latency)
+            if o.name not in RECORDED and o.name != "accuracy":
+                costs[o.metric] = o.measure(measured)
+    size, flops = costs["size_bytes"], costs["flops"]
     over = (t.max_size is not None and size > t.max_size) or (
         t.max_flops is not None and flops > t.max_flops)
     if spec.state_in is not None:
@@ -82,18 +117,17 @@ def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str
         per_epoch = math.ceil(len(train.train) / t.batch_size)
         steps = (round(spec.start * per_epoch), round(spec.stop * per_epoch))
         torch.manual_seed(t.seed * 31 + spec.rung)  # dropout's draws, whatever ran before
-        distill(student, teacher, train.train, cfg, steps=steps,
+        distill(student, _teacher_logits(t, teacher, teacher_state, train.train), train.train,
+                cfg, steps=steps,
                 generator=torch.Generator().manual_seed(t.seed * 31 + spec.rung))
     out: dict[str, Any] = {"status": "over_budget" if over else "complete", **costs,
                            "rung": spec.rung, "epochs": spec.stop,
                            "epochs_trained": 0.0 if over else spec.stop - spec.start}
     if spec.top and not over:
+        assert measured is not None
         final = measured.again(student)
         out.update(final.results(t.objectives), artifact=final.blob)
     else:
-        for o in objectives_of(t.objectives):  # the other costs (stored weights, latency)
-            if o.name not in RECORDED:
-                out[o.metric] = o.measure(measured)
         out["accuracy"] = accuracy(student, train.val)
         if spec.state_out is not None and not over:
             Path(spec.state_out).parent.mkdir(parents=True, exist_ok=True)
