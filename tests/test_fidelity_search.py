@@ -224,3 +224,22 @@ def test_two_halves_of_the_schedule_follow_one_cosine():
     assert lrs == pytest.approx(want)
     with pytest.raises(ConfigError, match="steps"):
         distill(student, teacher, TensorSplit(x, y), cfg, steps=(3, 9))
+
+
+def test_the_cli_runs_it_and_says_what_it_screened_promoted_and_spent(teacher_dir, capsys):
+    from slimtune.cli import main
+
+    d = _run_dir(teacher_dir, "cli")
+    with pytest.raises(SystemExit) as exc:
+        main(["search", "--run-dir", str(d), "--epochs", "1", "--budget-epochs", "2",
+              "--teacher-epochs", "2", "--no-guided", "--seed", "1"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert exc.value.code in (0, None), err
+    assert "multi-fidelity search: 2 fine-tune epochs" in err
+    summary = err.split("search finished in")[1]
+    assert "plans screened, promoted 0->1:" in summary and "1->2:" in summary
+    assert "fully fine-tuned" in summary and "of 2 fine-tune epochs spent" in summary
+    main_study = optuna.load_study(study_name="slimtune", storage=f"sqlite:///{d}/study.db")
+    done = main_study.get_trials(states=[TrialState.COMPLETE])
+    assert f"{len(done)} fully fine-tuned" in summary
+    assert f"-> trial {done[0].number}" in err
