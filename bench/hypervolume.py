@@ -317,7 +317,9 @@ def budget_mode(args) -> None:
         arm = {"seconds": round(result.seconds, 1), "counts": {
             k: v for k, v in result.counts.items() if isinstance(v, (int, float, list))},
             "budgets": {}}
-        for b in sorted({*budgets, top / 2}):
+        # half the top budget: the anytime check (the search there against the grid at the
+        # top), for the multi-fidelity arm alone (each front point costs a test pass)
+        for b in sorted({*budgets, *([top / 2] if name == "fidelity" else [])}):
             front = front_at(result.run, args.epochs, b, fixed)
             arm["budgets"][f"{b:g}"] = measure_budget(result.run, front, test, teacher, cache)
         out["arms"][name] = arm
