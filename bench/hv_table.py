@@ -27,7 +27,11 @@ def budget_tables(runs: list[dict]) -> None:
     arms = [a for a in ("fidelity", "search", "uniform", "random", "moasha", "oneshot")
             if all(a in r["arms"] for r in runs)]
     seeds = [_seed(r) for r in runs]
-    budgets = sorted(runs[0]["arms"][arms[0]]["budgets"], key=float)
+    # the budgets every arm of every seed was measured at (the half budget: fidelity only)
+    budgets = sorted(set.intersection(*(set(r["arms"][a]["budgets"]) for r in runs
+                                        for a in arms)), key=float)
+    fid_budgets = sorted(set.intersection(*(set(r["arms"]["fidelity"]["budgets"])
+                                            for r in runs)), key=float)
 
     def hv(r: dict, arm: str, b: str, key: str) -> float:
         return r["arms"][arm]["budgets"][b][key]
@@ -56,7 +60,7 @@ def budget_tables(runs: list[dict]) -> None:
                       f"{statistics.mean(vals):.4f} ({sd:.4f}) | {diff} | {verdict} |")
             print()
     top = budgets[-1]
-    half = [b for b in budgets if float(b) <= float(top) / 2]
+    half = [b for b in fid_budgets if float(b) <= float(top) / 2]
     if half and "uniform" in arms:
         h = half[-1]
         print(f"Anytime: fidelity at {h} epochs against the grid at {top} (test, linear): "
@@ -83,15 +87,18 @@ def budget_tables(runs: list[dict]) -> None:
                 cells.append(", ".join(per))
             print(f"| {arm} | " + " | ".join(cells) + " |")
         print()
-    print("| arm | plans screened | plans fully trained | epochs spent | seconds |")
-    print("|---|---|---|---|---|")
+    print("| arm | plans screened | plans fully trained | plans reaching each rung | "
+          "epochs spent | seconds |")
+    print("|---|---|---|---|---|---|")
     for arm in arms:
         cs = [r["arms"][arm]["counts"] for r in runs]
         screened = ", ".join(str(c.get("reached", [c.get("done", 0)])[0]) for c in cs)
         full = ", ".join(str(c.get("fully_trained", c.get("done", 0))) for c in cs)
         spent = ", ".join(f"{c.get('epochs_spent', c.get('epochs_trained', 0)):.0f}" for c in cs)
         secs = ", ".join(f"{r['arms'][arm]['seconds']:.0f}" for r in runs)
-        print(f"| {arm} | {screened} | {full} | {spent} | {secs} |")
+        rungs = "; ".join("/".join(str(n) for n in c["reached"]) for c in cs
+                          if "reached" in c) or "-"
+        print(f"| {arm} | {screened} | {full} | {rungs} | {spent} | {secs} |")
 
 
 def main(paths: list[str]) -> None:
