@@ -41,7 +41,7 @@ from slimtune.search.checks import as_user_error
 from slimtune.search.config import SearchConfig
 from slimtune.search.events import _METRICS, SearchEvents, TrialRecord
 from slimtune.search.fidelity import MOASHA, Job, Result
-from slimtune.search.loop import _abandon, _feasible, _nondominated
+from slimtune.search.loop import _abandon, _feasible, _nondominated, _why_stopped
 from slimtune.search.optuna_internals import (
     _frozen,
     _is_enqueued,
@@ -128,7 +128,7 @@ def _fidelity_loop(
     budget = float(config.budget_epochs)
     sched = MOASHA.from_records(rungs, records_of(study, screen, config), config.eta,
                                 _directions(config))
-    spent = spent_before = epochs_spent(study, screen)
+    spent_before = epochs_spent(study, screen)
     full = len(study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]))
     screened = len(screen.get_trials(deepcopy=False))
     guard = _SCREEN_GUARD * config.eta ** top * max(1, math.ceil(budget / rungs[top]))
@@ -139,7 +139,7 @@ def _fidelity_loop(
         "total": budget, "budget": config.trials, "before": full, "retried": 0,
         "hypervolume": hypervolume(points, run.teacher, config.objectives), "front": len(points),
         "epochs_saved": 0, "epochs_trained": 0.0, "budget_epochs": budget,
-        "epochs_spent": spent, "screened": 0, "fully_trained": full, **sched.counts(),
+        "epochs_spent": spent_before, "screened": 0, "fully_trained": full, **sched.counts(),
     }
     pending: dict[Any, _Running] = {}
     #: plan id -> its screening trial (its plan, parameters and their distributions)
@@ -158,7 +158,8 @@ def _fidelity_loop(
         """A plan at ``rung`` (-1: a new one) may take its next step: the rest of its way
         to the top fits in the budget, and the top still has room under --trials."""
         rest = rungs[top] - (rungs[rung] if rung >= 0 else 0.0)
-        return spent + in_flight() + rest <= budget + 1e-9 and top_jobs() < config.trials
+        return (counts["epochs_spent"] + in_flight() + rest <= budget + 1e-9
+                and top_jobs() < config.trials)
 
     def submit(job: Job, plan: dict[str, Any], trial: optuna.trial.Trial | None) -> None:
         start = rungs[job.start] if job.start >= 0 else 0.0
@@ -208,7 +209,6 @@ def _fidelity_loop(
                 record, point = _finish_job(run, screen, plans, sched, r, ray_get(ref),
                                             config, counts)
                 del pending[ref]
-                spent = counts["epochs_spent"]
                 if r.job.rung == top and record.state == TrialState.COMPLETE:
                     full += 1
                     if point is not None:
@@ -225,14 +225,8 @@ def _fidelity_loop(
                                         f"{config.max_failures}); the last: "
                                         f"{record.user_attrs.get('error', '?')}")
     except BaseException as exc:  # Ctrl-C, SIGTERM, a full disk: no trial is left RUNNING
-        if signals.terminated:
-            why = "the search was terminated (SIGTERM)"
-        elif isinstance(exc, KeyboardInterrupt):
-            why = "interrupted by the user (SIGINT)"
-        else:
-            why = f"the search stopped: {type(exc).__name__}: {exc}"[:500]
         try:
-            _stop(screen, pending, f"{why}; retried on resume")
+            _stop(screen, pending, f"{_why_stopped(exc, signals)}; retried on resume")
         except Exception:  # noqa: BLE001 - the storage itself failed: resume repairs it
             pass
         err = as_user_error(exc)

@@ -161,14 +161,9 @@ def _loop(
     except BaseException as exc:  # Ctrl-C, SIGTERM, a full disk: no trial is left RUNNING
         if asking is not None:
             pending[None] = asking
-        if signals.terminated:
-            why = "the search was terminated (SIGTERM)"
-        elif isinstance(exc, KeyboardInterrupt):
-            why = "interrupted by the user (SIGINT)"
-        else:
-            why = f"the search stopped: {type(exc).__name__}: {exc}"[:500]
         try:
-            _abandon(study, pending, f"{why}; retried on resume", reorder=not shared)
+            _abandon(study, pending, f"{_why_stopped(exc, signals)}; retried on resume",
+                     reorder=not shared)
         except Exception:  # noqa: BLE001 - the storage itself failed: resume repairs it
             pass
         err = as_user_error(exc)
@@ -179,6 +174,15 @@ def _loop(
         study.set_user_attr("hypervolume", counts["hypervolume"])
     return counts
 
+
+
+def _why_stopped(exc: BaseException, signals: Signals) -> str:
+    """What ended a search early, as the trials it left are told."""
+    if signals.terminated:
+        return "the search was terminated (SIGTERM)"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by the user (SIGINT)"
+    return f"the search stopped: {type(exc).__name__}: {exc}"[:500]
 
 
 def _counted(study: optuna.Study) -> int:
