@@ -7,10 +7,11 @@ distil for --epochs, export, measure) and the same teacher. With ``--budget-epoc
 been spent (for the fixed-trial arms: their first budget / epochs trials, which are
 exactly the arm run at that budget, the grid and the allocator ordering their plans so):
 
-  fidelity the multi-fidelity search (NSGA-II screening rung 0, MO-ASHA promotion up
+  fidelity the multi-fidelity search (NSGA-II screening rung 0 from a warm start that
+           holds the one-shot allocator's plans; promotion by hypervolume contribution up
            rungs 0, epochs/3, epochs)
   moasha   MO-ASHA as published: random plans, no warm start, no rung 0 (rungs epochs/9,
-           epochs/3, epochs), the same promotion
+           epochs/3, epochs), promotion by non-dominated sorting and crowding
   oneshot  the one-shot allocator (search/allocate.py) for size and FLOPs targets spread
            along the front, each plan fine-tuned with the full --epochs
 
@@ -50,7 +51,7 @@ from slimtune.data.datasets import load_dataset
 from slimtune.export.artifact import load
 from slimtune.objectives.accuracy import accuracy
 from slimtune.search import SearchConfig
-from slimtune.search.allocate import one_shot_plans
+from slimtune.search.allocate import spread_plans
 from slimtune.search.engine import search
 from slimtune.search.guided import Sensitivity
 from slimtune.search.pareto import FrontPoint, hypervolume
@@ -109,38 +110,10 @@ def uniform_grid_nested(n_small: int, n: int):
     return plans
 
 
-def allocator_targets(n: int) -> list[tuple[str, float]]:
-    """``n`` targets alternating FLOPs (0.5x down to 0.02x) and size (0.2x down to 0.004x),
-    log-spaced; the first ``n`` of a longer list are a coarser spread of the same range
-    (a bit-reversed order), so a smaller budget's targets are a prefix."""
-    half = (n + 1) // 2
-
-    def spread(hi: float, lo: float) -> list[float]:
-        order = sorted(range(half), key=lambda i: int(f"{i:06b}"[::-1], 2))
-        return [hi * (lo / hi) ** (i / max(1, half - 1)) for i in order]
-    flops, size = spread(0.5, 0.02), spread(0.2, 0.004)
-    out = []
-    for f, z in zip(flops, size, strict=True):
-        out += [("flops", f), ("size", z)]
-    return out[:n]
-
-
 def allocator_plans(sens: Sensitivity, n: int):
-    """The first ``n`` distinct one-shot plans along :func:`allocator_targets` (two
-    targets often meet at one plan: more targets are read until there are ``n``)."""
-    def plans(space):
-        out, seen = [], set()
-        for target in allocator_targets(8 * n):
-            plan = one_shot_plans(sens, space, [target])[0]
-            key = repr(sorted(space.params_of(plan).items()))
-            if key not in seen:
-                seen.add(key)
-                out.append(plan)
-            if len(out) == n:
-                break
-        return out
-
-    return plans
+    """The allocator's arm: its first ``n`` distinct plans along targets spread over the
+    front (search/allocate.py, :func:`spread_plans`)."""
+    return lambda space: spread_plans(sens, space, n)
 
 
 def load_teacher(run):
@@ -276,7 +249,7 @@ def budget_mode(args) -> None:
         "uniform": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
         "random": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
         "moasha": dict(budget_epochs=top, trials=10**6, sampler="random", warm_start=False,
-                       rungs=(e / 9, e / 3, e)),
+                       rungs=(e / 9, e / 3, e), promotion="crowding"),
         "oneshot": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
     }
     full = load_dataset(args.data, None, None)

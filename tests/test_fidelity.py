@@ -16,6 +16,7 @@ from slimtune.search.fidelity import (
     MOASHA,
     Job,
     Result,
+    contributions,
     crowding,
     nondominated_fronts,
     ranked,
@@ -115,6 +116,44 @@ def test_bad_ladders_are_refused():
         MOASHA(rungs=(0, 3, 1))
     with pytest.raises(ConfigError, match="eta"):
         MOASHA(rungs=(0, 1), eta=1)
+    with pytest.raises(ConfigError, match="`promotion` must be one of hypervolume, crowding"):
+        MOASHA(rungs=(0, 1), promotion="random")
+    with pytest.raises(ConfigError, match="needs `reference`: one positive cost per cost axis"):
+        MOASHA(rungs=(0, 1), promotion="hypervolume", reference=(100.0,))
+
+
+def test_hypervolume_contributions_by_hand():
+    # losses in the unit box (reference point 1): a owns [0, 0.25] x [0.75, 1], b owns
+    # [0.25, 0.5] x [0.5, 0.75], c owns [0.5, 1] x [0.25, 0.5]
+    losses = [(0.0, 0.75), (0.25, 0.5), (0.5, 0.25)]
+    c = contributions(losses, [0, 1, 2])
+    assert c[0] == pytest.approx(0.25 * 0.25) and c[1] == pytest.approx(0.25 * 0.25)
+    assert c[2] == pytest.approx(0.5 * 0.25)
+    # a point outside the box adds nothing; moving b towards a shrinks its share
+    assert contributions([(0.0, 0.75), (1.0, 0.0)], [0, 1])[1] == 0.0
+    c = contributions([(0.0, 0.75), (0.05, 0.7), (0.5, 0.25)], [0, 1, 2])
+    assert c[1] == pytest.approx(0.45 * 0.05)
+
+
+def test_promotion_by_hypervolume_gives_no_free_pass_to_an_inaccurate_extreme():
+    # four plans on one front at rung 0 (costs: bytes, MACs; the teacher 1000 and 1000):
+    # the smallest is 1000x smaller but at chance accuracy; two moderate, accurate plans
+    # and a big, most accurate one
+    results = {0: ((1.0, 1.0), 0.10), 1: ((30.0, 30.0), 0.80), 2: ((100.0, 100.0), 0.84),
+               3: ((500.0, 500.0), 0.86)}
+    points = [(*c, a) for c, a in results.values()]
+    # crowding (MO-ASHA as published) ranks both extremes first, whatever their accuracy
+    assert ranked(points, ("minimize", "minimize", "maximize"))[:2] == [0, 3]
+    chosen = {}
+    for promotion in ("crowding", "hypervolume"):
+        s = MOASHA(rungs=(0, 1), eta=4, promotion=promotion,
+                   reference=(1000.0, 1000.0) if promotion == "hypervolume" else None)
+        for plan, (costs, acc) in results.items():
+            s.add(plan)
+            s.report(plan, 0, costs, acc)
+        chosen[promotion] = s.next_job().plan  # a quota of one
+    assert chosen["crowding"] == 0
+    assert chosen["hypervolume"] == 1  # the most volume only it dominates (log costs)
 
 
 def test_batchnorm_re_estimation_uses_the_data_and_leaves_the_weights():

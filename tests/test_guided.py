@@ -160,3 +160,23 @@ def test_the_one_shot_allocator_meets_each_target_along_its_greedy_path():
     heavy = plans[3]
     assert heavy.layer("big").sparsity == LADDERS["sparsity"][-1]
     assert heavy.layer("small").bits == LADDERS["bits"][-1]
+
+
+def test_spread_targets_are_prefixes_and_spread_plans_distinct():
+    from slimtune.search.allocate import SPREAD, spread_plans, spread_targets
+
+    targets = spread_targets(12)
+    assert [c for c, _ in targets] == ["flops", "size"] * 6
+    for cost, (hi, lo) in SPREAD.items():
+        fractions = [f for c, f in targets if c == cost]
+        ladder = sorted(fractions, reverse=True)  # log-even from hi down to lo
+        assert ladder[0] == pytest.approx(hi) and ladder[-1] == pytest.approx(lo)
+        ratios = [b / a for a, b in zip(ladder, ladder[1:], strict=False)]
+        assert max(ratios) == pytest.approx(min(ratios))
+        # the first half already spans more than half of the range (bit-reversed order)
+        first = fractions[:3]
+        assert math.log(max(first) / min(first)) > 0.5 * math.log(hi / lo)
+    space, sens = _two_layer_space_and_sensitivity()
+    plans = spread_plans(sens, space, 5)
+    assert 1 <= len(plans) <= 5
+    assert len({repr(sorted(space.params_of(p).items())) for p in plans}) == len(plans)

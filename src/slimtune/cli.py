@@ -16,7 +16,7 @@ from rich.table import Table
 from slimtune.errors import SlimtuneError
 from slimtune.knobs import KNOBS
 from slimtune.objectives.table import OBJECTIVES
-from slimtune.search.config import PRUNING_MODES, SAMPLERS
+from slimtune.search.config import PROMOTIONS, PRUNING_MODES, SAMPLERS
 from slimtune.search.config import SearchConfig as _D
 
 _OPT_IN = [n for n, k in KNOBS.items() if k.opt_in]
@@ -149,6 +149,10 @@ def cli() -> None:
                    "[default: 0,EPOCHS/3,EPOCHS].")
 @click.option("--eta", type=click.IntRange(min=2), default=_D.eta, show_default=True,
               help="Of the plans at a rung, the top 1/ETA move up.")
+@click.option("--promotion", type=click.Choice(PROMOTIONS), default=_D.promotion,
+              show_default=True,
+              help="Which plans of a rung's non-dominated front move up first: those adding "
+                   "the most hypervolume, or the most isolated (crowding, as MO-ASHA).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
               metavar="DIR",
               help="Continue the search in DIR with its settings up to its trial budget "

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimtune.objectives.measure import Measured
 
 __all__ = ["Objective", "OBJECTIVES", "DEFAULT_OBJECTIVES", "objective", "objectives_of",
-           "by_metric"]
+           "by_metric", "log_cost_loss"]
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,19 @@ class Objective:
         decades``, capped to [0, 1] (1 = as costly as the teacher, 0 = ``10**decades``
         times cheaper or better). The linear loss saturates: 50x and 500x smaller differ
         by 0.018 in it, by 0.33 in this one."""
-        import math
-
         if self.direction == "maximize":
             return 1.0 - value
-        if value <= 0 or not teacher:
-            return 0.0 if value <= 0 else math.inf
-        return 1.0 - min(1.0, max(0.0, math.log10(teacher / value) / decades))
+        return log_cost_loss(value, teacher, decades)
+
+
+def log_cost_loss(value: float, teacher: float, decades: float = 3.0) -> float:
+    """A cost ``value`` as a loss on a log scale relative to the ``teacher``'s: 1 as costly,
+    0 ``10**decades`` times cheaper, capped to [0, 1] (:meth:`Objective.log_loss`)."""
+    import math
+
+    if value <= 0 or not teacher:
+        return 0.0 if value <= 0 else math.inf
+    return 1.0 - min(1.0, max(0.0, math.log10(teacher / value) / decades))
 
 
 def _accuracy(m: Measured) -> float:

@@ -7,6 +7,10 @@ plans already use (:class:`~slimtune.search.guided.Sensitivity`), the greedy pat
 weighs the target's cost (the most predicted cost saved per predicted accuracy lost, one
 knob of one layer a level heavier at a time) is followed until the predicted cost meets
 the target: a greedy knapsack. Each plan is then fine-tuned with the full ``--epochs``.
+
+:func:`spread_plans` gives ``n`` such plans for targets spread along the front: the
+allocator's arm of ``bench/hypervolume.py``, and part of the multi-fidelity search's warm
+start (screened at rung 0, where a plan costs no fine-tune epoch).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from slimtune.search.guided import Sensitivity, _plan, greedy_path
 from slimtune.spaces.plan import CompressionPlan
 from slimtune.spaces.space import SearchSpace
 
-__all__ = ["one_shot_plans", "TARGETS"]
+__all__ = ["one_shot_plans", "spread_targets", "spread_plans", "TARGETS"]
 
 #: (cost, fraction of the teacher's): issue 12's budgets along the front
 TARGETS: tuple[tuple[str, float], ...] = (
@@ -46,3 +50,39 @@ def one_shot_plans(sens: Sensitivity, space: SearchSpace,
         state = next((s for s in path if sens.predict(s)[index] <= fraction), path[-1])
         plans.append(space.plan_from_params(space.params_of(_plan(state))))
     return plans
+
+
+#: the range :func:`spread_targets` spreads over, as fractions of the teacher's cost
+SPREAD = {"flops": (0.5, 0.02), "size": (0.2, 0.004)}
+
+
+def spread_targets(n: int) -> list[tuple[str, float]]:
+    """``n`` targets alternating FLOPs (0.5x down to 0.02x) and size (0.2x down to 0.004x),
+    log-spaced, in a bit-reversed order: the first of them already span the range coarsely
+    (a run that stops early, or a budget read from the start of a longer one, covers the
+    front)."""
+    half = (n + 1) // 2
+
+    def spread(hi: float, lo: float) -> list[float]:
+        order = sorted(range(half), key=lambda i: int(f"{i:06b}"[::-1], 2))
+        return [hi * (lo / hi) ** (i / max(1, half - 1)) for i in order]
+    out = []
+    for f, z in zip(spread(*SPREAD["flops"]), spread(*SPREAD["size"]), strict=True):
+        out += [("flops", f), ("size", z)]
+    return out[:n]
+
+
+def spread_plans(sens: Sensitivity, space: SearchSpace, n: int) -> list[CompressionPlan]:
+    """The first ``n`` distinct one-shot plans along :func:`spread_targets` (two targets
+    often meet at one plan: more targets are read until there are ``n``, or none are
+    left)."""
+    out, seen = [], set()
+    for target in spread_targets(8 * n):
+        plan = one_shot_plans(sens, space, [target])[0]
+        key = repr(sorted(space.params_of(plan).items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(plan)
+        if len(out) == n:
+            break
+    return out

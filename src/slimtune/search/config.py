@@ -8,10 +8,11 @@ from typing import Any
 
 from slimtune.errors import ConfigError
 from slimtune.objectives.table import OBJECTIVES, objectives_of
+from slimtune.search.fidelity import PROMOTIONS
 from slimtune.spaces.space import PRUNING_MODES
 
-__all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES", "RESUME_OVERRIDES",
-           "parse_quantity"]
+__all__ = ["SearchConfig", "SAMPLERS", "OBJECTIVES", "PRUNING_MODES", "PROMOTIONS",
+           "RESUME_OVERRIDES", "parse_quantity"]
 
 #: settings that may change when a run is resumed (how it runs, not what it searches)
 RESUME_OVERRIDES = ("trials", "budget_epochs", "address", "cpus_per_trial", "gpus_per_trial",
@@ -89,6 +90,9 @@ class SearchConfig:
     #: the fidelity ladder, fine-tune epochs reached at each rung (default 0, epochs/3, epochs)
     rungs: tuple[float, ...] | None = None
     eta: int = 3  # of the plans at a rung, the top 1/eta may move up
+    #: how the plans of one non-dominated front at a rung are ordered for promotion:
+    #: "hypervolume" (contribution, log costs) or "crowding" (MO-ASHA as published)
+    promotion: str = "hypervolume"
 
     def __post_init__(self) -> None:
         checks = [
@@ -171,6 +175,8 @@ class SearchConfig:
              f"`--rungs` must be at least two rising fine-tune epochs from 0 or more, the last "
              f"equal to --epochs {self.epochs}, but got {list(rungs or [])}"),
             (self.eta >= 2, f"`--eta` must be at least 2, but got {self.eta}"),
+            (self.promotion in PROMOTIONS, f"`--promotion` must be one of "
+             f"{', '.join(PROMOTIONS)}, but got {self.promotion!r}"),
         ]
 
     @property

@@ -4,10 +4,14 @@ The fidelity ladder (shared DESIGN.md, "Fidelity"): rung 0 is a plan's compresse
 after a BatchNorm re-estimation, with no gradient step; each later rung fine-tunes it
 further, continuing from its weights, up to the full ``--epochs``. A plan moves up a rung
 only while it is competitive among the plans that reached the same rung: ranked by
-non-dominated sorting, then crowding distance, on (its exact costs, its accuracy at that
-rung), the top ``1 / eta`` of them may be promoted (MO-ASHA, Schmucker et al. 2021, on
-ASHA, Li et al. 2020). Asynchronous: a free worker is given the best promotion that is
-due, from the highest rung down, or else a new plan; it never waits for a rung to fill.
+non-dominated sorting on (its exact costs, its accuracy at that rung), then within a front
+by the hypervolume only it adds (costs relative to the teacher's, in decades) or, as
+MO-ASHA was published, by crowding distance; the top ``1 / eta`` of them may be promoted
+(MO-ASHA, Schmucker et al. 2021, on ASHA, Li et al. 2020). Crowding ranks every front's
+extremes first, so the smallest plan at a rung goes up however inaccurate it is; its
+hypervolume contribution is as small as its accuracy makes it. Asynchronous: a free
+worker is given the best promotion that is due, from the highest rung down, or else a new
+plan; it never waits for a rung to fill.
 
 This module is the scheduler alone, plain data in and out (no Ray, no Optuna), so the
 engine can stay a loop: ``job = s.next_job()`` (a promotion, or ``None``: sample a new
@@ -22,9 +26,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from slimtune.errors import ConfigError
-from slimtune.objectives.dominance import dominates
+from slimtune.objectives.dominance import dominates, hypervolume
+from slimtune.objectives.table import log_cost_loss
 
-__all__ = ["Job", "Result", "MOASHA", "nondominated_fronts", "crowding", "ranked"]
+__all__ = ["Job", "Result", "MOASHA", "nondominated_fronts", "crowding", "contributions",
+           "ranked", "PROMOTIONS"]
+
+#: how plans of one non-dominated front are ordered for promotion
+PROMOTIONS = ("hypervolume", "crowding")
 
 
 @dataclass(frozen=True)
@@ -89,13 +98,23 @@ def crowding(points: Sequence[Sequence[float]], front: Sequence[int]) -> dict[in
     return out
 
 
-def ranked(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
-    """Indices of ``points`` best first: by non-dominated front, then by crowding distance
-    (more isolated first), then by index (earlier first)."""
+def contributions(losses: Sequence[Sequence[float]], front: Sequence[int]) -> dict[int, float]:
+    """Each point of ``front``'s exclusive hypervolume contribution: the volume only it
+    dominates among the front (``losses``: every axis a loss, reference point 1)."""
+    total = hypervolume([losses[i] for i in front])
+    return {i: total - hypervolume([losses[j] for j in front if j != i]) for i in front}
+
+
+def ranked(points: Sequence[Sequence[float]], directions: Sequence[str],
+           losses: Sequence[Sequence[float]] | None = None) -> list[int]:
+    """Indices of ``points`` best first: by non-dominated front, then by hypervolume
+    contribution within it when ``losses`` (the points as losses in the unit box) are
+    given, else by crowding distance (more isolated first), then by index (earlier
+    first)."""
     order: list[int] = []
     for front in nondominated_fronts(points, directions):
-        dist = crowding(points, front)
-        order += sorted(front, key=lambda i: (-dist[i], i))
+        score = crowding(points, front) if losses is None else contributions(losses, front)
+        order += sorted(front, key=lambda i: (-score[i], i))
     return order
 
 
@@ -107,14 +126,21 @@ class MOASHA:
     (rung 0, BatchNorm re-estimation only; with ``rungs[0] > 0`` there is no rung 0, as in
     MO-ASHA as published). ``eta``: of the plans at a rung, the top ``1 / eta`` may go up.
     ``directions``: of the costs (each ``"minimize"``); accuracy is maximized.
+    ``promotion``: how a front is ordered (:data:`PROMOTIONS`); ``"hypervolume"`` needs
+    ``reference``, the costs of the model the plans compress (the teacher's), each cost
+    read as ``1 - log10(reference / cost) / 3`` capped to [0, 1] (the log hypervolume of
+    ``bench/hypervolume.py``: the linear one sees no difference between 50x and 500x).
     """
 
     rungs: tuple[float, ...]
     eta: int = 3
     directions: tuple[str, ...] = ("minimize", "minimize")
+    promotion: str = "crowding"
+    reference: tuple[float, ...] | None = None
     results: list[dict[int, Result]] = field(default_factory=list)
     promoted: list[set[int]] = field(default_factory=list)
     running: set[tuple[int, int]] = field(default_factory=set)  # (plan, rung) in flight
+    _rankings: dict[int, tuple[int, list[int]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.rungs = tuple(float(r) for r in self.rungs)
@@ -124,6 +150,15 @@ class MOASHA:
                               f"got {list(self.rungs)}")
         if self.eta < 2:
             raise ConfigError(f"`eta` must be at least 2, but got {self.eta}")
+        if self.promotion not in PROMOTIONS:
+            raise ConfigError(f"`promotion` must be one of {', '.join(PROMOTIONS)}, but got "
+                              f"{self.promotion!r}")
+        if self.promotion == "hypervolume" and (
+                self.reference is None or len(self.reference) != len(self.directions)
+                or not all(r > 0 for r in self.reference)):
+            raise ConfigError(f"promotion by hypervolume needs `reference`: one positive cost "
+                              f"per cost axis ({len(self.directions)}), but got "
+                              f"{self.reference}")
         self.results = self.results or [{} for _ in self.rungs]
         self.promoted = self.promoted or [set() for _ in self.rungs]
 
@@ -153,6 +188,7 @@ class MOASHA:
     def report(self, plan: int, rung: int, costs: Sequence[float], accuracy: float) -> None:
         """A job's result: ``plan`` reached ``rung`` with ``accuracy`` (validation)."""
         self.running.discard((plan, rung))
+        self._rankings.pop(rung, None)
         self.results[rung][plan] = Result(plan, rung, tuple(float(c) for c in costs),
                                           float(accuracy))
 
@@ -167,10 +203,13 @@ class MOASHA:
     # -- resume ------------------------------------------------------------------------
     @classmethod
     def from_records(cls, rungs: Sequence[float], records: Iterable[Result], eta: int = 3,
-                     directions: Sequence[str] = ("minimize", "minimize")) -> MOASHA:
+                     directions: Sequence[str] = ("minimize", "minimize"),
+                     promotion: str = "crowding",
+                     reference: Sequence[float] | None = None) -> MOASHA:
         """The state of a search from its stored results: a plan with a result at rung
         ``k > 0`` was promoted from every rung below it."""
-        s = cls(tuple(rungs), eta, tuple(directions))
+        s = cls(tuple(rungs), eta, tuple(directions), promotion,
+                None if reference is None else tuple(float(r) for r in reference))
         for r in records:
             s.results[r.rung][r.plan] = r
             for below in range(r.rung):
@@ -185,15 +224,31 @@ class MOASHA:
         quota = len(done) // self.eta
         if quota == 0:
             return None
-        points = [(*r.costs, r.accuracy) for r in done]
-        directions = (*self.directions, "maximize")
-        for i in ranked(points, directions)[:quota]:
+        for i in self._ranking(rung, done)[:quota]:
             plan = done[i].plan
             if plan not in self.promoted[rung] and (plan, rung + 1) not in self.running:
                 return plan
         return None
 
+    def _ranking(self, rung: int, done: list[Result]) -> list[int]:
+        """:func:`ranked` of the results ``done`` at ``rung`` (kept until a result
+        arrives there: the hypervolume contributions cost a moment per plan)."""
+        cached = self._rankings.get(rung)
+        if cached is not None and cached[0] == len(done):
+            return cached[1]
+        points = [(*r.costs, r.accuracy) for r in done]
+        losses = None
+        if self.promotion == "hypervolume":
+            assert self.reference is not None
+            losses = [(*(log_cost_loss(c, ref) for c, ref in zip(r.costs, self.reference,
+                                                                strict=True)),
+                       1.0 - r.accuracy) for r in done]
+        order = ranked(points, (*self.directions, "maximize"), losses)
+        self._rankings[rung] = (len(done), order)
+        return order
+
     def counts(self) -> dict[str, list[int]]:
         """Per rung: plans with a result there, and plans promoted from it."""
         return {"reached": [len(r) for r in self.results],
                 "promoted": [len(p) for p in self.promoted]}
+

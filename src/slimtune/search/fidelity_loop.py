@@ -126,8 +126,9 @@ def _fidelity_loop(
                                       num_gpus=config.gpus_per_trial, max_retries=0)
     rungs, top = config.rungs, len(config.rungs) - 1
     budget = float(config.budget_epochs)
-    sched = MOASHA.from_records(rungs, records_of(study, screen, config), config.eta,
-                                _directions(config))
+    sched = MOASHA.from_records(
+        rungs, records_of(study, screen, config), config.eta, _directions(config),
+        config.promotion, [float(run.teacher[m]) for m in _cost_metrics(config)])
     spent_before = epochs_spent(study, screen)
     full = len(study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]))
     screened = len(screen.get_trials(deepcopy=False))

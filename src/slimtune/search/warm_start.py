@@ -1,7 +1,8 @@
 """How a new study begins: the teacher measured, the run's metadata stored, and the warm
 start enqueued ahead of the sampler's plans: uniform plans (every layer alike, light to
-heavy), then plans guided by the one-shot sensitivity pass (run as Ray tasks), then the
-caller's own."""
+heavy), then plans guided by the one-shot sensitivity pass (run as Ray tasks; in the
+multi-fidelity search also the one-shot allocator's plans along the front, which rung 0
+screens for no fine-tune epoch), then the caller's own."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from slimtune import __version__
 from slimtune.objectives.measure import Measured
+from slimtune.search.allocate import spread_plans
 from slimtune.search.config import SearchConfig
 from slimtune.search.events import SearchEvents
 from slimtune.search.guided import (
@@ -28,7 +30,11 @@ from slimtune.spaces.plan import CompressionPlan
 from slimtune.spaces.space import SearchSpace
 from slimtune.trust import Trust
 
-__all__ = ["warm_start_plans"]
+__all__ = ["warm_start_plans", "SCREENED_ONE_SHOT"]
+
+#: one-shot allocator plans (search/allocate.py) the multi-fidelity search's warm start
+#: adds: screening one costs a BatchNorm re-estimation, not a fine-tune
+SCREENED_ONE_SHOT = 24
 
 #: the sensitivity pass: (config, space, teacher, data, teacher metrics, teacher_ref,
 #: concurrency, events, trust) -> Sensitivity (:func:`_sensitivity`)
@@ -77,6 +83,8 @@ def _begin_study(
             sens = sensitivity(config, space, teacher, data, meta["teacher"], teacher_ref,
                                concurrency, ev, trust)
             guided = guided_plans(sens, space)
+            if config.fidelity:
+                guided += spread_plans(sens, space, SCREENED_ONE_SHOT)
         except Exception as exc:  # noqa: BLE001 - like a failed trial, it ends nothing
             cause = getattr(exc, "cause", None) or exc
             meta["sensitivity_error"] = f"{type(cause).__name__}: {cause}"[:2000]
