@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from slimtune.errors import ConfigError
 from slimtune.export.artifact import load
+from slimtune.models.zoo import build_model
 from slimtune.objectives.accuracy import accuracy
 from slimtune.search import SearchConfig
 from slimtune.search.engine import resume, search
@@ -20,6 +21,7 @@ from slimtune.search.events import SearchEvents
 from slimtune.search.fidelity_loop import epochs_spent, screen_name
 from slimtune.search.pareto import pareto_front
 from slimtune.search.rung import state_path
+from slimtune.spaces import SearchSpace
 from tests.user_code import RUNG0_ACCURACY, cheap_trial, rung_job
 
 
@@ -178,6 +180,8 @@ def test_fidelity_off_with_an_epoch_budget_runs_as_many_trials_as_it_pays_for(te
     (dict(budget_epochs=9, rungs=(0, 1, 2)), "the last equal to --epochs 3"),
     (dict(budget_epochs=9, rungs=(0, 2, 1, 3)), "rising"),
     (dict(budget_epochs=9, eta=1), "`--eta` must be at least 2"),
+    (dict(budget_epochs=9, promotion="best"),
+     "`--promotion` must be one of hypervolume, crowding, but got 'best'"),
     (dict(budget_epochs=9, epochs=0), "`--epochs` of at least 1"),
     (dict(budget_epochs=9, storage="postgresql+psycopg://u:secret@h/db"), "--no-fidelity"),
 ])
@@ -185,6 +189,27 @@ def test_the_fidelity_settings_are_checked_up_front(kw, rule):
     with pytest.raises(ConfigError, match=rule.replace("(", r"\(").replace("[", r"\[")) as e:
         SearchConfig(**{"epochs": 3, **kw})
     assert "secret" not in str(e.value)
+
+
+def test_the_warm_start_screens_the_one_shot_allocators_plans(teacher_dir):
+    from slimtune.search.allocate import spread_plans
+    from slimtune.search.guided import Sensitivity
+    from slimtune.search.warm_start import SCREENED_ONE_SHOT
+
+    d = _run_dir(teacher_dir, "oneshot")
+    config = _config(d, guided=True, budget_epochs=3)
+    result = search(config, job_fn=rung_job)
+    meta = result.run.meta
+    space = SearchSpace.from_model(build_model("small_cnn", 10, (1, 8, 8)), (1, 8, 8),
+                                   config.pruning)
+    plans = spread_plans(Sensitivity.from_dict(meta["sensitivity"]), space, SCREENED_ONE_SHOT)
+    assert len(plans) > 6  # more than the guided plans alone
+    # the warm start, screened first (a plan not screened yet holds its parameters as
+    # Optuna's enqueued "fixed_params")
+    enqueued = [t.params or t.system_attrs["fixed_params"] for t in _screen(d).trials]
+    assert meta["population"] == len(enqueued)  # no plan of the sampler's (3 epochs)
+    for plan in plans:
+        assert space.params_of(plan) in enqueued
 
 
 def test_the_ladder_defaults_to_epochs_thirds_and_is_stored():
