@@ -244,7 +244,7 @@ def budget_mode(args) -> None:
                   teacher_epochs=args.teacher_epochs, seed=args.seed)
     e = float(args.epochs)
     arms = {
-        "fidelity": dict(budget_epochs=top, trials=10**6),
+        "fidelity": dict(budget_epochs=top, trials=10**6, rungs=(0.0, e / 9, e)),
         "search": dict(budget_epochs=top, fidelity=False, trials=n_trials),
         "uniform": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
         "random": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),

@@ -9,6 +9,7 @@ stays cheap; this is the one module that reaches into every subpackage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimtune.viz.report import FrontInfo
 
 __all__ = ["search", "resume", "front", "front_info", "suggested_export", "export",
-           "evaluate", "load", "train"]
+           "finetune", "evaluate", "load", "train"]
 
 #: the accuracy, relative to the teacher's, that the suggested export point keeps
 SUGGEST_KEEP = 0.95
@@ -111,6 +112,30 @@ def export(
     output_paths(out, onnx)  # outputs that clash are refused before the study is opened
     run = open_run(run_dir, storage=storage, study_name=study_name)
     return export_run(run, trial, out, onnx=onnx, trust_module=trust_module)
+
+
+def finetune(
+    run_dir: str | Path, trial: int, out: str | Path, *, epochs: int,
+    lr: float | None = None, batch_size: int | None = None, seed: int = 0,
+    onnx: bool = False, storage: str | None = None, study_name: str = "slimtune",
+    trust_module: str | list[str] | None = None,
+    on_epoch: Callable[[int, int, float, float], None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune front point ``trial`` of ``run_dir`` for ``epochs`` on the full training
+    split, keep its best epoch by validation accuracy and write it to ``out`` with its
+    model card (numbers measured on the new file; the search's beside them); returns the
+    card. ``on_epoch(epoch, epochs, loss, val_accuracy)`` after each epoch. See
+    :mod:`slimtune.search.finetune`."""
+    from slimtune.export.card import output_paths
+    from slimtune.search.finetune import FinetuneConfig
+    from slimtune.search.finetune import finetune as run_finetune
+    from slimtune.search.study import open_run
+
+    config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    output_paths(out, onnx)  # outputs that clash are refused before the study is opened
+    run = open_run(run_dir, storage=storage, study_name=study_name, read_only=False)
+    return run_finetune(run, trial, out, config, onnx=onnx, on_epoch=on_epoch,
+                        trust_module=trust_module)
 
 
 def evaluate(

@@ -437,6 +437,12 @@ def _print_front(run_dir: Path, storage: str | None = None,
                   f"--out student.slim{_storage_args(storage, study_name)}   ({pick['why']})")
 
 
+_out_opt = click.option(
+    "--out", type=click.Path(path_type=Path), required=True,
+    help="File to write; the model card goes beside it with a .json suffix.")
+_onnx_opt = click.option(
+    "--onnx", is_flag=True,
+    help="Also write PATH.onnx (dequantized float32 weights), checked with onnxruntime.")
 _storage_opt = click.option("--storage", default=None, metavar="URL",
                             help="The --storage URL the search used, if any.")
 _study_opt = click.option("--study-name", default=_D.study_name, show_default=True,
@@ -469,10 +475,8 @@ def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | N
 @cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--trial", type=click.IntRange(min=0), required=True, help="Trial number.")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="File to write; the model card goes beside it with a .json suffix.")
-@click.option("--onnx", is_flag=True,
-              help="Also write PATH.onnx (dequantized float32 weights), checked with onnxruntime.")
+@_out_opt
+@_onnx_opt
 @_storage_opt
 @_study_opt
 @_trust_opt
@@ -497,6 +501,55 @@ def export(run_dir: Path, trial: int, out: Path, onnx: bool, storage: str | None
         err.print(f"wrote {o['path']} ({o['bytes']:,} bytes, float32 weights): onnxruntime "
                   f"agrees with PyTorch on {o['argmax_agreement']:.1%} of a test batch "
                   f"(max |diff| {o['max_abs_diff']:.1e})")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--trial", type=click.IntRange(min=0), required=True,
+              help="Trial number of a front point (`slimtune front`).")
+@click.option("--epochs", type=click.IntRange(min=1), required=True,
+              help="Distillation epochs over the full training split.")
+@_out_opt
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam's learning rate at the start of the cosine schedule "
+                   "[default: the search's].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="[default: the search's]")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the shuffling and of dropout.")
+@_onnx_opt
+@_storage_opt
+@_study_opt
+@_trust_opt
+def finetune(run_dir: Path, trial: int, epochs: int, out: Path, lr: float | None,
+             batch_size: int | None, seed: int, onnx: bool, storage: str | None,
+             study_name: str, trust_module: tuple[str, ...]) -> None:
+    """Fine-tune a front point to convergence on the full training split and export it.
+
+    The plan's masks, bits and shapes are kept (the file is as large as the trial's); the
+    epoch with the best validation accuracy is kept (epoch 0 is the search's weights)."""
+    from slimtune.api import finetune as run_finetune
+    from slimtune.export.card import card_path
+
+    with _progress() as bar:
+        task = bar.add_task(f"fine-tuning trial {trial}", total=epochs, info="")
+
+        def on_epoch(epoch: int, total: int, loss: float, acc: float) -> None:
+            bar.update(task, completed=epoch, info=f"loss {loss:.4f}  val {acc:.4f}")
+
+        card = run_finetune(run_dir, trial, out, epochs=epochs, lr=lr, batch_size=batch_size,
+                            seed=seed, onnx=onnx, storage=storage, study_name=study_name,
+                            trust_module=list(trust_module) or None, on_epoch=on_epoch)
+    f, s = card["finetune"], card["finetune"]["search"]
+    r = card["ratios"]
+    err.print(
+        f"wrote {out} ({card['size_bytes']:,} bytes, {r['size_x_smaller']:.1f}x smaller than "
+        f"the teacher) and {card_path(out)}\n"
+        f"best epoch {f['best_epoch']} of {f['epochs']} on {f['train_examples']:,} training "
+        f"images: validation {card['val_accuracy']:.4f} (search's file "
+        f"{s['val_accuracy_full']:.4f}), test {card['test_accuracy']:.4f} (search's file "
+        f"{s['test_accuracy_full']:.4f}; teacher {card['teacher']['test_accuracy']:.4f})"
+    )
 
 
 @cli.command("eval")

@@ -13,7 +13,8 @@ from slimtune.files import atomic_path, write_into
 from slimtune.models.train import accuracy  # the objective, beside the loop it reports
 from slimtune.trust import Trust
 
-__all__ = ["export", "card_path", "evaluate", "read_card"]
+__all__ = ["export", "card_path", "card_of", "evaluate", "read_card", "output_paths",
+           "trial_artifact", "write_export"]
 
 #: a model card is a few kB; a larger file is not one of ours
 MAX_CARD_BYTES = 1 << 20
@@ -136,6 +137,27 @@ def _stored_numbers(attrs: dict[str, Any], raw: bytes, src: Path
             int(attrs["bitops"]))
 
 
+def trial_artifact(run: StoredRun, trial: int) -> tuple[Any, Path]:
+    """(the frozen trial, its artifact's path) of a completed trial of ``run``; a
+    :class:`RunDirError` naming what is wrong otherwise."""
+    frozen = {t.number: t for t in run.study.get_trials(deepcopy=False)}
+    if trial not in frozen:
+        raise RunDirError(f"trial {trial} is not in {run.dir} (it has {len(frozen)} trials)")
+    t = frozen[trial]
+    src = run.artifact_path(trial)
+    if t.state.name != "COMPLETE" or t.user_attrs.get("status") == "over_budget":
+        raise RunDirError(
+            f"trial {trial} of {run.dir} did not complete; pick one from `slimtune front`"
+        )
+    if not src.is_file():
+        raise RunDirError(
+            f"{src} is missing: trial {trial} ran on {t.user_attrs.get('host', 'another machine')}"
+            "; copy that machine's run directory `trials` folder here (or share the run "
+            "directory between machines)"
+        )
+    return t, src
+
+
 def export(
     run: StoredRun, trial: int, out: str | Path, *, onnx: bool = False,
     trust_module: str | list[str] | None = None,
@@ -152,65 +174,69 @@ def export(
     """
     paths = output_paths(out, onnx)
     trust = Trust.of(trust_module)
-    frozen = {t.number: t for t in run.study.get_trials(deepcopy=False)}
-    if trial not in frozen:
-        raise RunDirError(f"trial {trial} is not in {run.dir} (it has {len(frozen)} trials)")
-    t = frozen[trial]
-    src = run.artifact_path(trial)
-    if t.state.name != "COMPLETE" or t.user_attrs.get("status") == "over_budget":
-        raise RunDirError(
-            f"trial {trial} of {run.dir} did not complete; pick one from `slimtune front`"
-        )
-    if not src.is_file():
-        raise RunDirError(
-            f"{src} is missing: trial {trial} ran on {t.user_attrs.get('host', 'another machine')}"
-            "; copy that machine's run directory `trials` folder here (or share the run "
-            "directory between machines)"
-        )
+    t, src = trial_artifact(run, trial)
     model, header, raw = open_artifact(src, trust=trust)
-    meta = run.meta
-    cfg = meta["config"]
+    cfg = run.meta["config"]
     ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"),
                       trust=trust, source=f"the study of {run.dir}")
-    test_acc = accuracy(model, ds.test)
     val_acc, macs, dense, bitops = _stored_numbers(t.user_attrs, raw, src)
+    card = card_of(run, trial, header, raw, val_accuracy=val_acc,
+                   test_accuracy=accuracy(model, ds.test), flops=macs, dense_flops=dense,
+                   bitops=bitops)
+    write_export(paths, raw, card, model if onnx else None, header.input_shape)
+    return card
+
+
+def card_of(run: StoredRun, trial: int, header: Any, raw: bytes, *, val_accuracy: float,
+            test_accuracy: float, flops: int, dense_flops: int, bitops: int,
+            data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model card of the artifact ``raw`` (its ``header``) made from trial ``trial`` of
+    ``run``: its numbers, the teacher's, and the ratios between them. ``data``: the data
+    set fields when they differ from the search's (a fine-tune on the full split)."""
+    meta = run.meta
+    cfg = meta["config"]
     teacher = meta["teacher"]
-    out = Path(out)
-    card = {
+    data = data or {"dataset": cfg["data"], "data_dir": cfg.get("data_dir"),
+                    "subset": cfg.get("subset"), "val_subset": cfg.get("val_subset")}
+    return {
         "slimtune_version": meta.get("version"),
-        "dataset": cfg["data"],
-        "data_dir": cfg.get("data_dir"),
-        "subset": cfg.get("subset"),
-        "val_subset": cfg.get("val_subset"),
+        **data,
         "model": header.model,
         "trial": trial,
         "run_dir": str(run.dir),
         "input_shape": list(header.input_shape),
         "num_classes": header.num_classes,
         "plan": header.plan.to_dict(),
-        "val_accuracy": val_acc,
-        "test_accuracy": test_acc,
+        "val_accuracy": val_accuracy,
+        "test_accuracy": test_accuracy,
         "size_bytes": len(raw),
-        "flops": macs,
-        "dense_flops": dense,
+        "flops": flops,
+        "dense_flops": dense_flops,
         "bitops": bitops,
         "teacher": teacher,
         "ratios": {
             "size_x_smaller": teacher["size_bytes"] / len(raw),
-            "flops_x_fewer": teacher["flops"] / macs if macs else None,
-            "val_accuracy_relative": val_acc / teacher["accuracy"] if teacher["accuracy"] else None,
+            "flops_x_fewer": teacher["flops"] / flops if flops else None,
+            "val_accuracy_relative": (val_accuracy / teacher["accuracy"]
+                                      if teacher["accuracy"] else None),
             "test_accuracy_relative": (
-                test_acc / teacher["test_accuracy"] if teacher["test_accuracy"] else None
+                test_accuracy / teacher["test_accuracy"] if teacher["test_accuracy"] else None
             ),
         },
     }
+
+
+def write_export(paths: dict[str, Path], raw: bytes, card: dict[str, Any],
+                 onnx_model: Any | None, input_shape: tuple[int, ...]) -> None:
+    """Write the artifact ``raw`` and its ``card`` to :func:`output_paths`' ``paths`` (with
+    ``onnx_model``, the decoded model, also the ONNX file, its check in the card): each to
+    a temporary file first, renamed once all of them are complete."""
     with atomic_path(paths["artifact"], "--out") as tmp_artifact, \
             atomic_path(paths["model card"], "model card") as tmp_card:
         write_into(tmp_artifact, raw, "--out", paths["artifact"])
-        if onnx:  # renamed into place as soon as it has been checked; its result goes in
-            from slimtune.export.onnx import export_onnx  # the card
+        if onnx_model is not None:  # renamed into place as soon as it has been checked
+            from slimtune.export.onnx import export_onnx
 
-            card["onnx"] = export_onnx(model, header.input_shape, paths["ONNX model"])
+            card["onnx"] = export_onnx(onnx_model, input_shape, paths["ONNX model"])
         write_into(tmp_card, json.dumps(card, indent=2) + "\n", "model card",
                    paths["model card"])
-    return card
