@@ -249,7 +249,7 @@ def budget_mode(args) -> None:
         "uniform": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
         "random": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
         "moasha": dict(budget_epochs=top, trials=10**6, sampler="random", warm_start=False,
-                       rungs=(e / 9, e / 3, e), promotion="crowding"),
+                       rungs=(e / 9, e / 3, e), promotion="moasha"),
         "oneshot": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
     }
     full = load_dataset(args.data, None, None)

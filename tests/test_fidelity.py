@@ -116,7 +116,7 @@ def test_bad_ladders_are_refused():
         MOASHA(rungs=(0, 3, 1))
     with pytest.raises(ConfigError, match="eta"):
         MOASHA(rungs=(0, 1), eta=1)
-    with pytest.raises(ConfigError, match="`promotion` must be one of hypervolume, crowding"):
+    with pytest.raises(ConfigError, match="`promotion` must be one of hypervolume, moasha"):
         MOASHA(rungs=(0, 1), promotion="random")
     with pytest.raises(ConfigError, match="needs `reference`: one positive cost per cost axis"):
         MOASHA(rungs=(0, 1), promotion="hypervolume", reference=(100.0,))
@@ -145,14 +145,14 @@ def test_promotion_by_hypervolume_gives_no_free_pass_to_an_inaccurate_extreme():
     # crowding (MO-ASHA as published) ranks both extremes first, whatever their accuracy
     assert ranked(points, ("minimize", "minimize", "maximize"))[:2] == [0, 3]
     chosen = {}
-    for promotion in ("crowding", "hypervolume"):
+    for promotion in ("moasha", "hypervolume"):
         s = MOASHA(rungs=(0, 1), eta=4, promotion=promotion,
                    reference=(1000.0, 1000.0) if promotion == "hypervolume" else None)
         for plan, (costs, acc) in results.items():
             s.add(plan)
             s.report(plan, 0, costs, acc)
         chosen[promotion] = s.next_job().plan  # a quota of one
-    assert chosen["crowding"] == 0
+    assert chosen["moasha"] == 0
     assert chosen["hypervolume"] == 1  # the most volume only it dominates (log costs)
 
 
@@ -201,3 +201,19 @@ def test_a_promotion_the_budget_cannot_pay_for_is_not_given():
     assert s.counts()["promoted"] == [0, 0, 0]
     job = s.next_job(affordable=lambda rung: True)
     assert job is not None and job.rung == 1 and job.start == 0
+
+
+def test_by_hypervolume_at_most_a_third_of_a_rung_goes_up_however_its_top_changes():
+    # every new plan beats all before it (same costs): ASHA's rule promotes each one that
+    # is ever in the top third; the quota holds the total to floor(n / 3)
+    went_up = {}
+    for promotion in ("moasha", "hypervolume"):
+        s = MOASHA(rungs=(0, 1), eta=3, promotion=promotion,
+                   reference=(1000.0, 1000.0) if promotion == "hypervolume" else None)
+        for plan in range(9):
+            s.add(plan)
+            s.report(plan, 0, (10.0, 10.0), 0.5 + 0.01 * plan)
+            while (job := s.next_job()) is not None:
+                s.report(job.plan, 1, (10.0, 10.0), 0.9)
+        went_up[promotion] = s.counts()["promoted"][0]
+    assert went_up == {"moasha": 7, "hypervolume": 3}

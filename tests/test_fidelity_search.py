@@ -181,7 +181,7 @@ def test_fidelity_off_with_an_epoch_budget_runs_as_many_trials_as_it_pays_for(te
     (dict(budget_epochs=9, rungs=(0, 2, 1, 3)), "rising"),
     (dict(budget_epochs=9, eta=1), "`--eta` must be at least 2"),
     (dict(budget_epochs=9, promotion="best"),
-     "`--promotion` must be one of hypervolume, crowding, but got 'best'"),
+     "`--promotion` must be one of hypervolume, moasha, but got 'best'"),
     (dict(budget_epochs=9, epochs=0), "`--epochs` of at least 1"),
     (dict(budget_epochs=9, storage="postgresql+psycopg://u:secret@h/db"), "--no-fidelity"),
 ])

@@ -151,8 +151,9 @@ def cli() -> None:
               help="Of the plans at a rung, the top 1/ETA move up.")
 @click.option("--promotion", type=click.Choice(PROMOTIONS), default=_D.promotion,
               show_default=True,
-              help="Which plans of a rung's non-dominated front move up first: those adding "
-                   "the most hypervolume, or the most isolated (crowding, as MO-ASHA).")
+              help="hypervolume: a rung's non-dominated plans adding the most hypervolume "
+                   "move up first, at most 1/ETA of the rung in all; moasha: MO-ASHA as "
+                   "published (the most isolated first, every plan ever in the top 1/ETA).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
               metavar="DIR",
               help="Continue the search in DIR with its settings up to its trial budget "

@@ -91,7 +91,8 @@ class SearchConfig:
     rungs: tuple[float, ...] | None = None
     eta: int = 3  # of the plans at a rung, the top 1/eta may move up
     #: how the plans of one non-dominated front at a rung are ordered for promotion:
-    #: "hypervolume" (contribution, log costs) or "crowding" (MO-ASHA as published)
+    #: "hypervolume" (contribution, log costs; at most 1/eta of a rung) or "moasha"
+    #: (crowding, ASHA's uncapped rule: MO-ASHA as published)
     promotion: str = "hypervolume"
 
     def __post_init__(self) -> None:
