@@ -123,7 +123,8 @@ def distill(
         epochs = math.ceil(max_steps / steps_per_epoch)
         if max_steps == 0:
             return student
-    total = 0.0  # sum of the per-example losses of this epoch
+    cuda = next(student.parameters()).device.type == "cuda"
+    total: torch.Tensor | float = 0.0  # this epoch's per-example losses summed, on the device
 
     def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
         if isinstance(teacher, nn.Module):
@@ -131,20 +132,30 @@ def distill(
                 t_logits = teacher(batch.x)
         else:
             t_logits = teacher[batch.index]
-        return kd_loss(model(batch.x), t_logits, batch.y, config.temperature, config.alpha)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):  # GPU: bf16 math
+            s_logits = model(batch.x)
+        return kd_loss(s_logits.float(), t_logits.float(), batch.y, config.temperature,
+                       config.alpha)
 
     def check(epoch: int, _step: int, batch: Batch, loss: torch.Tensor) -> None:
         nonlocal total
-        if not torch.isfinite(loss):
+        total = total + loss.detach() * len(batch.index)  # no host sync per step
+
+    def finite(epoch: int) -> float:
+        """This epoch's mean loss so far: the one host synchronisation of an epoch."""
+        mean = float(total) / n
+        if not math.isfinite(mean):
             raise TrialDiverged(f"non-finite distillation loss at epoch {epoch}")
-        total += float(loss.detach()) * len(batch.index)
+        return mean
 
     def report(epoch: int) -> None:
         nonlocal total
+        mean = finite(epoch)
         if on_epoch is not None:
-            on_epoch(epoch, total / n)
+            on_epoch(epoch, mean)
         total = 0.0
 
-    return train_loop(student, train, loss_fn, opt, sched, epochs=epochs,
-                      batch_size=config.batch_size, generator=generator, on_batch=check,
-                      on_epoch=report, max_steps=max_steps)
+    train_loop(student, train, loss_fn, opt, sched, epochs=epochs, batch_size=config.batch_size,
+               generator=generator, on_batch=check, on_epoch=report, max_steps=max_steps)
+    finite(epochs)  # a run that ends mid-pass (``steps``) is checked too
+    return student.eval()

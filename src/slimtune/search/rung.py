@@ -12,7 +12,6 @@ exports the artifact, measured as every trial is (:class:`Measured`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -24,11 +23,11 @@ import torch
 from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
 from slimtune.compress.recalibrate import recalibrate_batchnorm
-from slimtune.models.train import accuracy, logits_of
+from slimtune.models.train import accuracy
 from slimtune.objectives.measure import RECORDED, Measured
 from slimtune.objectives.table import objectives_of
 from slimtune.search.trial import TrialSpec
-from slimtune.search.worker import set_up
+from slimtune.search.worker import set_up, teacher_logits
 from slimtune.spaces.plan import CompressionPlan
 
 __all__ = ["RungSpec", "run_rung", "state_path"]
@@ -55,30 +54,6 @@ class RungSpec:
 def state_path(run_dir: Path, plan: int, rung: int) -> Path:
     """Where a plan's student is kept between rungs."""
     return run_dir / "trials" / f"plan-{plan:05d}.rung-{rung}.pt"
-
-
-#: the teacher's logits on the training split, per process (Ray reuses its workers): every
-#: job of a search distils from the same teacher on the same split
-_LOGITS: dict[tuple[Any, ...], torch.Tensor] = {}
-
-
-def _teacher_logits(t: TrialSpec, teacher: torch.nn.Module,
-                    teacher_state: dict[str, torch.Tensor], train: Any
-                    ) -> torch.nn.Module | torch.Tensor:
-    """``teacher``'s logits on ``train`` (computed once per process and teacher), or the
-    teacher itself for a split that augments (new inputs every epoch)."""
-    if train.augments:
-        return teacher
-    digest = hashlib.sha1()
-    for name, v in teacher_state.items():
-        digest.update(name.encode())
-        digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
-    key = (t.model, t.data, t.data_dir, t.subset, t.val_subset, digest.hexdigest(),
-           str(next(teacher.parameters()).device))
-    if key not in _LOGITS:
-        _LOGITS.clear()
-        _LOGITS[key] = logits_of(teacher, train)
-    return _LOGITS[key]
 
 
 def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -117,7 +92,7 @@ def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str
         per_epoch = math.ceil(len(train.train) / t.batch_size)
         steps = (round(spec.start * per_epoch), round(spec.stop * per_epoch))
         torch.manual_seed(t.seed * 31 + spec.rung)  # dropout's draws, whatever ran before
-        distill(student, _teacher_logits(t, teacher, teacher_state, train.train), train.train,
+        distill(student, teacher_logits(t, teacher, teacher_state, train.train), train.train,
                 cfg, steps=steps,
                 generator=torch.Generator().manual_seed(t.seed * 31 + spec.rung))
     out: dict[str, Any] = {"status": "over_budget" if over else "complete", **costs,

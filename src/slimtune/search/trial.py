@@ -22,7 +22,7 @@ from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.dominance import dominates
 from slimtune.objectives.measure import Measured
 from slimtune.objectives.table import objectives_of
-from slimtune.search.worker import set_up, worker_device
+from slimtune.search.worker import set_up, teacher_logits, worker_device
 from slimtune.spaces.plan import CompressionPlan
 
 __all__ = ["TrialSpec", "run_trial", "measure", "early_stop_margin", "dominator",
@@ -155,7 +155,8 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     )
     torch.manual_seed(spec.seed)  # dropout's draws: from the seed, whatever ran before
     try:
-        distill(student, teacher, train.train, cfg,
+        distill(student, teacher_logits(spec, teacher, teacher_state, train.train), train.train,
+                cfg,
                 generator=torch.Generator().manual_seed(spec.seed), on_epoch=on_epoch)
     except _Stop as stop:
         return {

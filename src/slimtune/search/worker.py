@@ -3,16 +3,18 @@ data set and the teacher (both named by the search's settings, through the trust
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
 from torch import nn
 
 from slimtune.data.datasets import Splits, load_dataset
+from slimtune.models.train import logits_of
 from slimtune.models.zoo import build_model
 from slimtune.trust import Trust
 
-__all__ = ["worker_device", "set_up"]
+__all__ = ["worker_device", "set_up", "teacher_logits"]
 
 
 def worker_device(threads: int, gpu_fraction: float) -> torch.device:
@@ -41,3 +43,28 @@ def set_up(spec: Any, teacher_state: dict[str, torch.Tensor]
     teacher.load_state_dict(teacher_state)
     teacher.to(device).eval()
     return device, data, teacher
+
+
+#: the teacher's logits on the training split, per process (Ray reuses its workers): every
+#: job of a search distils from the same teacher on the same split
+_LOGITS: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+def teacher_logits(t: Any, teacher: torch.nn.Module,
+                    teacher_state: dict[str, torch.Tensor], train: Any
+                    ) -> torch.nn.Module | torch.Tensor:
+    """``teacher``'s logits on ``train`` (computed once per process and teacher, for the
+    task ``t`` of a search: its data settings), or the teacher itself for a split that
+    augments (new inputs every epoch)."""
+    if train.augments:
+        return teacher
+    digest = hashlib.sha1()
+    for name, v in teacher_state.items():
+        digest.update(name.encode())
+        digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    key = (t.model, t.data, t.data_dir, t.subset, t.val_subset, digest.hexdigest(),
+           str(next(teacher.parameters()).device))
+    if key not in _LOGITS:
+        _LOGITS.clear()
+        _LOGITS[key] = logits_of(teacher, train)
+    return _LOGITS[key]
