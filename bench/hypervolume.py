@@ -8,8 +8,8 @@ been spent (for the fixed-trial arms: their first budget / epochs trials, which 
 exactly the arm run at that budget, the grid and the allocator ordering their plans so):
 
   fidelity the multi-fidelity search (NSGA-II screening rung 0 from a warm start that
-           holds the one-shot allocator's plans; promotion by hypervolume contribution up
-           rungs 0, epochs/3, epochs)
+           holds the one-shot allocator's plans; promotion by hypervolume contribution,
+           at most 1/eta of a rung, up rungs 0, epochs/9, epochs: the defaults)
   moasha   MO-ASHA as published: random plans, no warm start, no rung 0 (rungs epochs/9,
            epochs/3, epochs), promotion by non-dominated sorting and crowding
   oneshot  the one-shot allocator (search/allocate.py) for size and FLOPs targets spread
@@ -244,7 +244,7 @@ def budget_mode(args) -> None:
                   teacher_epochs=args.teacher_epochs, seed=args.seed)
     e = float(args.epochs)
     arms = {
-        "fidelity": dict(budget_epochs=top, trials=10**6, rungs=(0.0, e / 9, e)),
+        "fidelity": dict(budget_epochs=top, trials=10**6),
         "search": dict(budget_epochs=top, fidelity=False, trials=n_trials),
         "uniform": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),
         "random": dict(sampler="random", warm_start=False, early_stop=False, trials=n_trials),

@@ -96,8 +96,8 @@ def test_a_promotion_continues_from_the_weights_its_rung_saved(teacher_dir):
     assert done
     for plan in done:  # fully trained: its rung weights are no longer kept
         assert not state_path(d, plan, 1).exists()
-    for plan in waiting:  # may still be promoted by a resumed search
-        assert state_path(d, plan, 1).read_text().endswith(" 1")
+    for plan in waiting:  # may still be promoted by a resumed search: saved at rung 1
+        assert state_path(d, plan, 1).read_text().endswith(f" {1 / 3:g}")
 
 
 def test_resume_mid_rung_finishes_the_budget_without_repeating_a_job(teacher_dir):
@@ -162,7 +162,7 @@ def test_the_real_jobs_on_digits_export_what_they_measured(teacher_dir):
         assert t.user_attrs["epochs"] == 2 and set(t.user_attrs["accuracy_by_rung"]) == {
             "0", "1", "2"}
     for t in main.get_trials(states=[TrialState.PRUNED]):
-        assert t.user_attrs["epochs_trained"] == pytest.approx(2 / 3)
+        assert t.user_attrs["epochs_trained"] == pytest.approx(2 / 9)
 
 
 def test_fidelity_off_with_an_epoch_budget_runs_as_many_trials_as_it_pays_for(teacher_dir):
@@ -212,10 +212,10 @@ def test_the_warm_start_screens_the_one_shot_allocators_plans(teacher_dir):
         assert space.params_of(plan) in enqueued
 
 
-def test_the_ladder_defaults_to_epochs_thirds_and_is_stored():
+def test_the_ladder_defaults_to_a_ninth_of_the_fine_tune_and_is_stored():
     c = SearchConfig(epochs=3, budget_epochs=72)
-    assert c.fidelity is True and c.rungs == (0.0, 1.0, 3.0) and c.eta == 3
-    assert c.to_dict()["rungs"] == [0.0, 1.0, 3.0]
+    assert c.fidelity is True and c.rungs == (0.0, 1 / 3, 3.0) and c.eta == 3
+    assert c.to_dict()["rungs"] == [0.0, 1 / 3, 3.0]
     off = SearchConfig(epochs=3, budget_epochs=72, fidelity=False)
     assert off.fidelity is False and off.rungs is None
     assert SearchConfig().fidelity is False  # no budget: today's search

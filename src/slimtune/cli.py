@@ -146,7 +146,7 @@ def cli() -> None:
                    "with --budget-epochs].")
 @click.option("--rungs", default=None, metavar="E0,E1,...",
               help="Fine-tune epochs reached at each rung, the last = --epochs "
-                   "[default: 0,EPOCHS/3,EPOCHS].")
+                   "[default: 0,EPOCHS/9,EPOCHS].")
 @click.option("--eta", type=click.IntRange(min=2), default=_D.eta, show_default=True,
               help="Of the plans at a rung, the top 1/ETA move up.")
 @click.option("--promotion", type=click.Choice(PROMOTIONS), default=_D.promotion,

@@ -87,7 +87,7 @@ class SearchConfig:
     budget_epochs: float | None = None
     #: multi-fidelity search (search/fidelity.py); None: on when ``budget_epochs`` is given
     fidelity: bool | None = None
-    #: the fidelity ladder, fine-tune epochs reached at each rung (default 0, epochs/3, epochs)
+    #: the fidelity ladder, fine-tune epochs reached at each rung (default 0, epochs/9, epochs)
     rungs: tuple[float, ...] | None = None
     eta: int = 3  # of the plans at a rung, the top 1/eta may move up
     #: how the plans of one non-dominated front at a rung are ordered for promotion:
@@ -155,7 +155,7 @@ class SearchConfig:
         object.__setattr__(self, "fidelity", bool(fidelity))
         rungs = self.rungs
         if fidelity and rungs is None:
-            rungs = (0.0, self.epochs / 3, float(self.epochs))
+            rungs = (0.0, self.epochs / 9, float(self.epochs))
         if rungs is not None:
             rungs = tuple(float(r) for r in rungs)
         object.__setattr__(self, "rungs", rungs)
