@@ -14,13 +14,16 @@ from slimtune.compress import (
     PruneConfig,
     QuantizeConfig,
     apply,
+    dequantize,
     distill,
     factorize,
     kd_loss,
     prune,
     quantize,
+    quantize_codes,
 )
 from slimtune.errors import ConfigError
+from slimtune.ops.quantize import MSE_BITS
 from slimtune.spaces import CompressionPlan, LayerPlan
 from tests.tiny_models import ConvNet
 
@@ -105,11 +108,36 @@ def test_b_bit_layer_has_at_most_2_pow_b_values_per_output_channel(bits):
     for name in ("c1", "c2", "fc"):
         w = q.get_submodule(name).weight.detach()
         for channel in w.reshape(w.shape[0], -1):
-            assert len(torch.unique(channel)) <= 2**bits
-        # and it is close to the float weight: error at most half a step per channel
+            assert len(torch.unique(channel)) <= 2**bits - 1
         orig = model.get_submodule(name).weight.detach().reshape(w.shape[0], -1)
         step = orig.abs().amax(dim=1, keepdim=True) / (2 ** (bits - 1) - 1)
-        assert ((w.reshape(w.shape[0], -1) - orig).abs() <= step / 2 + 1e-6).all()
+        err = (w.reshape(w.shape[0], -1) - orig).pow(2).sum(dim=1)
+        codes, scale = quantize_codes(orig, bits)
+        maxabs = (torch.clamp(torch.round(orig / step), -(2 ** (bits - 1) - 1),
+                              2 ** (bits - 1) - 1) * step - orig).pow(2).sum(dim=1)
+        if bits > MSE_BITS:  # max-abs scaling: error at most half a step per weight
+            assert ((w.reshape(w.shape[0], -1) - orig).abs() <= step / 2 + 1e-6).all()
+            assert torch.allclose(scale, step.squeeze(1))
+        else:  # clipped where it helps: never more squared error than max-abs per channel
+            assert (err <= maxabs + 1e-9).all()
+            assert (scale <= step.squeeze(1) + 1e-9).all()
+
+
+def test_low_bit_clipping_spends_the_levels_on_the_many_not_the_outlier(monkeypatch):
+    torch.manual_seed(0)
+    w = torch.cat([torch.tensor([12.0]), torch.randn(255)]).reshape(1, -1)  # one outlier
+    codes, scale = quantize_codes(w, 3)
+    err = (dequantize(codes, scale) - w).pow(2).sum()
+    monkeypatch.setattr("slimtune.ops.quantize.CLIP", "max")
+    codes_max, scale_max = quantize_codes(w, 3)
+    err_max = (dequantize(codes_max, scale_max) - w).pow(2).sum()
+    assert scale < scale_max and err < 0.7 * err_max
+    assert torch.equal(scale_max, w.abs().amax(dim=1) / 3)
+    monkeypatch.setattr("slimtune.ops.quantize.CLIP", "mse")
+    # weights already on a max-abs grid (a decoded artifact) keep their scale and codes
+    on_grid = dequantize(codes_max, scale_max)
+    again = quantize_codes(on_grid, 3)
+    assert torch.equal(again[0], codes_max) and torch.allclose(again[1], scale_max)
 
 
 def test_quantization_straight_through_gradient_reaches_the_float_weight():
