@@ -102,7 +102,9 @@ def test_pruning_both_halves_of_a_factorized_layer():
 
 # -- quantization --------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
-def test_b_bit_layer_has_at_most_2_pow_b_values_per_output_channel(bits):
+@pytest.mark.parametrize("clip", ["max", "mse"])
+def test_b_bit_layer_has_at_most_2_pow_b_values_per_output_channel(bits, clip, monkeypatch):
+    monkeypatch.setattr("slimtune.ops.quantize.CLIP", clip)
     model = ConvNet()
     q = quantize(model, QuantizeConfig({"c1": bits, "c2": bits, "fc": bits}))
     for name in ("c1", "c2", "fc"):
@@ -115,7 +117,7 @@ def test_b_bit_layer_has_at_most_2_pow_b_values_per_output_channel(bits):
         codes, scale = quantize_codes(orig, bits)
         maxabs = (torch.clamp(torch.round(orig / step), -(2 ** (bits - 1) - 1),
                               2 ** (bits - 1) - 1) * step - orig).pow(2).sum(dim=1)
-        if bits > MSE_BITS:  # max-abs scaling: error at most half a step per weight
+        if bits > MSE_BITS or clip == "max":  # max-abs: at most half a step per weight
             assert ((w.reshape(w.shape[0], -1) - orig).abs() <= step / 2 + 1e-6).all()
             assert torch.allclose(scale, step.squeeze(1))
         else:  # clipped where it helps: never more squared error than max-abs per channel
@@ -126,6 +128,7 @@ def test_b_bit_layer_has_at_most_2_pow_b_values_per_output_channel(bits):
 def test_low_bit_clipping_spends_the_levels_on_the_many_not_the_outlier(monkeypatch):
     torch.manual_seed(0)
     w = torch.cat([torch.tensor([12.0]), torch.randn(255)]).reshape(1, -1)  # one outlier
+    monkeypatch.setattr("slimtune.ops.quantize.CLIP", "mse")
     codes, scale = quantize_codes(w, 3)
     err = (dequantize(codes, scale) - w).pow(2).sum()
     monkeypatch.setattr("slimtune.ops.quantize.CLIP", "max")

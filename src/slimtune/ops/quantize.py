@@ -12,8 +12,10 @@ error ``||w_c - q_c scale_c||^2`` for that channel (an MSE-optimal clipping sear
 Banner et al. 2019 and most post-training quantizers). At 2-4 bits max-abs scaling spends
 the few levels on one outlier: clipping it trades a large error on that one weight for a
 smaller error on all the others. Ties keep ratio 1, so weights already on a max-abs grid
-(a decoded artifact) encode to the same codes and scales. ``CLIP = "max"`` turns the
-search off (the ablation of ``bench/quantizer.py``).
+(a decoded artifact) encode to the same codes and scales. It is off by default
+(``CLIP = "max"``): searched afresh at every training step it cost accuracy after the
+fine-tune in ``bench/quantizer.py``, though it helps the untrained 2-bit student; a
+learned step size (LSQ) or a ratio fixed before training are the next things to try.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class QuantizeConfig:
 MSE_BITS = 4
 #: the clipping ratios tried, as fractions of a channel's max-abs weight
 CLIP_RATIOS: tuple[float, ...] = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
-#: "mse" (the search above) or "max" (max-abs scaling at every bit-width)
-CLIP = "mse"
+#: "max" (max-abs scaling at every bit-width: the default) or "mse" (the search above: off,
+#: because after a fine-tune it loses accuracy, BENCHMARKS.md "Issue 13: the quantizer")
+CLIP = "max"
 
 
 def quantize_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,6 +114,12 @@ class FakeQuant(nn.Module):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         codes, scale = quantize_codes(w, self.bits)
         wq = dequantize(codes, scale).to(w.dtype)
+        if CLIP == "mse" and self.bits <= MSE_BITS:
+            # the straight-through gradient, zero where the scale clips a weight: one beyond
+            # the range does not change the output, so it is not moved (else it drifts)
+            view = (-1,) + (1,) * (w.ndim - 1)
+            edge = (scale * (2 ** (self.bits - 1) - 1)).to(w.dtype).view(view)
+            w = torch.maximum(torch.minimum(w, edge), -edge)
         return w + (wq - w).detach()
 
     def extra_repr(self) -> str:
