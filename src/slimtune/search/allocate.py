@@ -77,8 +77,7 @@ def spread_plans(sens: Sensitivity, space: SearchSpace, n: int) -> list[Compress
     often meet at one plan: more targets are read until there are ``n``, or none are
     left)."""
     out, seen = [], set()
-    for target in spread_targets(8 * n):
-        plan = one_shot_plans(sens, space, [target])[0]
+    for plan in one_shot_plans(sens, space, spread_targets(8 * n)):  # each path walked once
         key = repr(sorted(space.params_of(plan).items()))
         if key not in seen:
             seen.add(key)

@@ -144,7 +144,7 @@ class MOASHA:
     results: list[dict[int, Result]] = field(default_factory=list)
     promoted: list[set[int]] = field(default_factory=list)
     running: set[tuple[int, int]] = field(default_factory=set)  # (plan, rung) in flight
-    _rankings: dict[int, tuple[int, list[int]]] = field(default_factory=dict, repr=False)
+    _rankings: dict[int, list[int]] = field(default_factory=dict, repr=False)  # per rung
 
     def __post_init__(self) -> None:
         self.rungs = tuple(float(r) for r in self.rungs)
@@ -238,9 +238,8 @@ class MOASHA:
     def _ranking(self, rung: int, done: list[Result]) -> list[int]:
         """:func:`ranked` of the results ``done`` at ``rung`` (kept until a result
         arrives there: the hypervolume contributions cost a moment per plan)."""
-        cached = self._rankings.get(rung)
-        if cached is not None and cached[0] == len(done):
-            return cached[1]
+        if rung in self._rankings:  # dropped by report() when a result arrives there
+            return self._rankings[rung]
         points = [(*r.costs, r.accuracy) for r in done]
         losses = None
         if self.promotion == "hypervolume":
@@ -249,7 +248,7 @@ class MOASHA:
                                                                 strict=True)),
                        1.0 - r.accuracy) for r in done]
         order = ranked(points, (*self.directions, "maximize"), losses)
-        self._rankings[rung] = (len(done), order)
+        self._rankings[rung] = order
         return order
 
     def counts(self) -> dict[str, list[int]]:

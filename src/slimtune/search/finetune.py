@@ -36,6 +36,7 @@ from slimtune.compress.distill import DistillConfig, distill
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
 from slimtune.export.card import card_of, output_paths, trial_artifact, write_export
+from slimtune.models.teacher import _load_state
 from slimtune.models.train import accuracy
 from slimtune.models.zoo import build_model
 from slimtune.objectives.measure import Measured
@@ -127,8 +128,7 @@ def finetune(
     if not teacher_pt.is_file():
         raise RunDirError(f"{teacher_pt} is missing: the fine-tune distils from the run's "
                           "teacher")
-    teacher.load_state_dict(torch.load(teacher_pt, map_location="cpu", weights_only=True))
-    teacher.eval()
+    _load_state(teacher, teacher_pt)
     plan = header.plan
     student = student_of(teacher, plan, data.input_shape, searched)
     _check_rebuilt(student, searched, data, src)
