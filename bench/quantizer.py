@@ -1,8 +1,9 @@
-"""What the low-bit quantizer's clipping search buys (issue 13's ablation).
+"""What the low-bit quantizer's clipping buys (issue 13's ablation).
 
-The same plans, the same teacher, the same fine-tune, once with max-abs scaling at every
-bit-width (``CLIP = "max"``, the default) and once with the per-channel MSE-optimal
-clipping at 4 bits or fewer, searched at every step (``CLIP = "mse"``), in one process:
+The same plans, the same teacher, the same fine-tune, with each clipping of
+``slimtune.ops.quantize.CLIP`` at 4 bits or fewer, in one process: ``max`` (max-abs
+scaling), ``mse`` (the per-channel MSE-optimal ratio searched at every step) and
+``learned`` (started there, then learned with the LSQ gradient; the default):
 
 - ``bits-B``: every layer at B bits (2, 3, 4), nothing else;
 - ``prune-B``: every layer at B bits, 50 % sparse, 75 % of its channels kept;
@@ -11,10 +12,10 @@ clipping at 4 bits or fewer, searched at every step (``CLIP = "mse"``), in one p
 For each: validation accuracy after the BatchNorm re-estimation (zero-shot) and test
 accuracy on the full test split after ``--epochs`` of distillation, measured on the
 exported file. Each finished (seed, plan, clip) is written to ``--out`` at once; a rerun
-skips it. Then one table per clip and the paired differences.
+skips it. Then a table: mean test accuracy per clip and the paired differences to max-abs.
 
     .venv/bin/python bench/quantizer.py [--model vgg_small --data fashion-mnist
-        --subset 2000 --teacher-epochs 8 --epochs 3 --seeds 0,1,2]
+        --subset 2000 --teacher-epochs 8 --epochs 3 --seeds 0,1,2 --clips max,learned,mse]
         [--out bench/results/quantizer.json]
 """
 
@@ -79,8 +80,10 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--clips", default="max,learned,mse")
     ap.add_argument("--out", type=Path, default=Path("bench/results/quantizer.json"))
     args = ap.parse_args()
+    default = quant.CLIP
     data = load_dataset(args.data, None, args.subset, args.subset)
     full_test = load_dataset(args.data).test
     out = json.loads(args.out.read_text()) if args.out.exists() else {"runs": {}}
@@ -96,7 +99,7 @@ def main() -> None:
         teacher.eval()
         space = SearchSpace.from_model(teacher, data.input_shape)
         for name, plan in plans(space).items():
-            for clip in ("max", "mse"):
+            for clip in args.clips.split(","):
                 key = f"{seed}/{name}/{clip}"
                 if key in out["runs"]:
                     continue
@@ -105,27 +108,31 @@ def main() -> None:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(out, indent=2))
                 print(key, out["runs"][key], flush=True)
-    quant.CLIP = "mse"
-    table(out["runs"])
+    quant.CLIP = default
+    table(out["runs"], args.clips.split(","))
 
 
-def table(runs: dict) -> None:
-    """Per plan: mean test accuracy with each clip, and the paired difference per seed."""
+def table(runs: dict, clips: list[str]) -> None:
+    """Per plan: mean test accuracy with each clip, the paired differences to max-abs per
+    seed, and the zero-shot validation accuracy (BatchNorm re-estimated, no training)."""
     names = sorted({k.split("/")[1] for k in runs}, key=lambda n: (n.split("-")[0], n))
     seeds = sorted({k.split("/")[0] for k in runs})
-    print("| plan | max-abs test (mean) | MSE clip test (mean) | MSE - max-abs, each seed "
-          "| zero-shot val, max-abs / MSE |")
-    print("|---|---:|---:|---|---|")
+    others = [c for c in clips if c != "max"]
+    print("| plan | " + " | ".join(f"{c} test (mean)" for c in clips) + " | "
+          + " | ".join(f"{c} - max, each seed" for c in others)
+          + " | zero-shot val, " + " / ".join(clips) + " |")
+    print("|---|" + "---:|" * len(clips) + "---|" * len(others) + "---|")
     for n in names:
-        pairs = [(runs[f"{s}/{n}/max"], runs[f"{s}/{n}/mse"]) for s in seeds
-                 if f"{s}/{n}/max" in runs and f"{s}/{n}/mse" in runs]
-        if not pairs:
+        rows = [[runs[f"{s}/{n}/{c}"] for c in clips] for s in seeds
+                if all(f"{s}/{n}/{c}" in runs for c in clips)]
+        if not rows:
             continue
-        diffs = ", ".join(f"{b['test'] - a['test']:+.3f}" for a, b in pairs)
-        print(f"| {n} | {statistics.mean(a['test'] for a, _ in pairs):.4f} | "
-              f"{statistics.mean(b['test'] for _, b in pairs):.4f} | {diffs} | "
-              f"{statistics.mean(a['zero_shot_val'] for a, _ in pairs):.3f} / "
-              f"{statistics.mean(b['zero_shot_val'] for _, b in pairs):.3f} |")
+        mean = [statistics.mean(r[i]["test"] for r in rows) for i in range(len(clips))]
+        diffs = [", ".join(f"{r[i]['test'] - r[0]['test']:+.3f}" for r in rows)
+                 for i in range(1, len(clips))]
+        zero = [statistics.mean(r[i]["zero_shot_val"] for r in rows) for i in range(len(clips))]
+        print(f"| {n} | " + " | ".join(f"{m:.4f}" for m in mean) + " | " + " | ".join(diffs)
+              + " | " + " / ".join(f"{z:.3f}" for z in zero) + " |")
 
 
 if __name__ == "__main__":

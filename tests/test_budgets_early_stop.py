@@ -90,7 +90,7 @@ def es_pair(ray_session, tmp_path_factory):
     fine-tune is seeded by its number, so the two runs can be compared trial by trial.
     (No warm start: its plans always train to the end.)"""
     d = tmp_path_factory.mktemp("es")
-    common = dict(trials=18, epochs=4, teacher_epochs=3, sampler="random", seed=5,
+    common = dict(trials=18, epochs=4, teacher_epochs=12, sampler="random", seed=5,
                   warm_start=False)
     without = search(SearchConfig(run_dir=d / "without", early_stop=False, **common))
     with_es = search(SearchConfig(run_dir=d / "with", early_stop=True, **common))

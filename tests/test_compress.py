@@ -102,7 +102,7 @@ def test_pruning_both_halves_of_a_factorized_layer():
 
 # -- quantization --------------------------------------------------------------------
 @pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
-@pytest.mark.parametrize("clip", ["max", "mse"])
+@pytest.mark.parametrize("clip", ["max", "mse", "learned"])
 def test_b_bit_layer_has_at_most_2_pow_b_values_per_output_channel(bits, clip, monkeypatch):
     monkeypatch.setattr("slimtune.ops.quantize.CLIP", clip)
     model = ConvNet()
@@ -141,6 +141,60 @@ def test_low_bit_clipping_spends_the_levels_on_the_many_not_the_outlier(monkeypa
     on_grid = dequantize(codes_max, scale_max)
     again = quantize_codes(on_grid, 3)
     assert torch.equal(again[0], codes_max) and torch.allclose(again[1], scale_max)
+
+
+def _trained_learned_clipping(monkeypatch, bits=3):
+    """A ConvNet at ``bits`` with learned clipping, a few steps trained so that its ratios
+    moved off where they started."""
+    monkeypatch.setattr("slimtune.ops.quantize.CLIP", "learned")
+    torch.manual_seed(0)
+    model = quantize(ConvNet(), QuantizeConfig({"c1": bits, "c2": bits, "fc": bits}))
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if "ratio" in n}
+    assert start and all(((r > 0) & (r <= 1)).all() for r in start.values())
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    x, y = torch.randn(32, 1, 6, 6), torch.randint(0, 5, (32,))
+    for _ in range(20):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    moved = {n: (p.detach() - start[n]).abs().max() for n, p in model.named_parameters()
+             if n in start}
+    assert all(m > 1e-3 for m in moved.values()), moved  # the ratios learned
+    return model.eval(), x
+
+
+def test_learned_clipping_exports_exactly_what_it_trained(monkeypatch, tmp_path):
+    import slimtune
+    from slimtune.export.artifact import encode, save
+
+    model, x = _trained_learned_clipping(monkeypatch)
+    for name in ("c1", "c2", "fc"):
+        w = model.get_submodule(name).weight.detach()
+        for channel in w.reshape(w.shape[0], -1):
+            assert len(torch.unique(channel)) <= 2**3 - 1
+    plan = CompressionPlan({n: LayerPlan(bits=3) for n in ("c1", "c2", "fc")})
+    path = tmp_path / "m.slim"
+    save(path, encode(model, "conv_net", 5, (1, 6, 6), plan))
+    loaded = slimtune.load(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_reset_clipping_on_a_decoded_grid_computes_what_the_file_does(monkeypatch):
+    from slimtune.ops.quantize import reset_clipping
+
+    model, x = _trained_learned_clipping(monkeypatch)
+    with torch.no_grad():
+        expect = model(x)
+        for name in ("c1", "c2", "fc"):  # the dequantized weights, as a decoded file has
+            layer = model.get_submodule(name)
+            layer.parametrizations.weight.original.copy_(layer.weight)
+    reset_clipping(model)
+    for n, p in model.named_parameters():
+        if "ratio" in n:
+            assert torch.equal(p.detach(), torch.ones_like(p))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expect, rtol=1e-5, atol=1e-5)
 
 
 def test_quantization_straight_through_gradient_reaches_the_float_weight():

@@ -32,7 +32,8 @@ def plain_copy(
     """A CPU copy of ``model`` with every weight parametrization evaluated and removed.
 
     Each parametrization a knob registers has ``knob`` (its name) and ``exact(w)``; a mask
-    also ``mask``, a value coding ``value``. With ``quantized=True`` the copy's weights are
+    also ``mask``, a value coding ``value`` (and ``learned``: when it learned its own grid,
+    the codes are those of its ``exact(w)``). With ``quantized=True`` the copy's weights are
     the values the artifact stores (dequantized); the returned parts keep the masked
     weight before coding, from which the exporter derives codes and scales. The copy's
     parameters keep the order of an uncompressed module (``weight`` before ``bias``).
@@ -54,6 +55,8 @@ def plain_copy(
             else:
                 values[p.knob] = p.value
                 coded = p.exact(w if coded is None else coded)
+                if getattr(p, "learned", False):
+                    w = coded  # its own grid (learned clipping): the codes come from it
         value = coded if (quantized and coded is not None) else w
         module.__class__ = module.__class__.__bases__[0]  # the class before parametrization
         del module._modules["parametrizations"]

@@ -6,16 +6,24 @@ the forward pass uses ``q * scale`` and the backward pass the straight-through e
 values. The same :func:`quantize_codes` produces the integers packed into the artifact,
 which stores each channel's scale, so the format does not depend on how it was chosen.
 
-The clipping ratio ``r_c``: 1 (max-abs scaling) above :data:`MSE_BITS` bits; at
-:data:`MSE_BITS` bits or fewer, the ratio of :data:`CLIP_RATIOS` with the least squared
-error ``||w_c - q_c scale_c||^2`` for that channel (an MSE-optimal clipping search, as in
-Banner et al. 2019 and most post-training quantizers). At 2-4 bits max-abs scaling spends
-the few levels on one outlier: clipping it trades a large error on that one weight for a
-smaller error on all the others. Ties keep ratio 1, so weights already on a max-abs grid
-(a decoded artifact) encode to the same codes and scales. It is off by default
-(``CLIP = "max"``): searched afresh at every training step it cost accuracy after the
-fine-tune in ``bench/quantizer.py``, though it helps the untrained 2-bit student; a
-learned step size (LSQ) or a ratio fixed before training are the next things to try.
+The clipping ratio ``r_c`` depends on :data:`CLIP` at :data:`MSE_BITS` bits or fewer
+(above: always 1, max-abs scaling):
+
+- ``"max"``: 1. At 2-4 bits max-abs scaling spends the few levels on one outlier.
+- ``"mse"``: searched at every forward pass, the ratio of :data:`CLIP_RATIOS` with the
+  least squared error ``||w_c - q_c scale_c||^2`` for the channel (Banner et al. 2019).
+- ``"learned"`` (the default): a trainable ratio per channel, started at the MSE-optimal
+  one and then learned by the fine-tune's optimizer with the LSQ gradient (Esser et al.
+  2020: the step size's gradient through ``round`` and ``clamp``, the straight-through one
+  elsewhere), kept in (0, 1], for a layer that is not unstructured-pruned (on a sparse
+  one max-abs scaling trained better: :data:`MAX_ZEROS`). The step is
+  ``r_c max|w_c| / qmax``, so the largest weight of a channel always meets the top code
+  and the exported codes and scales are those of max-abs scaling applied to the
+  dequantized weight: the artifact format does not change.
+
+:func:`quantize_codes` is max-abs scaling (``"mse"``: with the search), exact for weights
+already on a grid; ties in the search keep ratio 1, so a decoded artifact encodes to the
+same codes and scales. BENCHMARKS.md "Issue 13: the quantizer" has what each one buys.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from slimtune.errors import ConfigError
 from slimtune.ops.prune import target_layers
 
 __all__ = ["QuantizeConfig", "FakeQuant", "quantize", "quantize_codes", "dequantize",
-           "MSE_BITS", "CLIP_RATIOS"]
+           "MSE_BITS", "CLIP_RATIOS", "CLIPS", "reset_clipping"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,15 @@ class QuantizeConfig:
 MSE_BITS = 4
 #: the clipping ratios tried, as fractions of a channel's max-abs weight
 CLIP_RATIOS: tuple[float, ...] = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))
-#: "max" (max-abs scaling at every bit-width: the default) or "mse" (the search above: off,
-#: because after a fine-tune it loses accuracy, BENCHMARKS.md "Issue 13: the quantizer")
-CLIP = "max"
+#: the clipping at MSE_BITS bits or fewer (the module docstring): one of CLIPS
+CLIPS = ("max", "mse", "learned")
+CLIP = "learned"
+#: the smallest learned ratio (a channel's step never collapses to zero)
+MIN_RATIO = 0.05
+#: learned clipping only for a layer with fewer zeros than this (not unstructured-pruned):
+#: on 50 %-sparse 2-bit layers it cost 1.2-1.4 points after the fine-tune, MSE ratio fixed
+#: or learned alike, while it gained up to 1.1 on dense ones (BENCHMARKS.md)
+MAX_ZEROS = 0.1
 
 
 def quantize_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +83,16 @@ def quantize_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     view = (-1,) + (1,) * (w.ndim - 1)
     codes = torch.clamp(torch.round(w / scale.view(view)), -qmax, qmax)
     return codes.to(torch.int32), scale
+
+
+def _mse_ratio(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per output channel of ``w``, the ratio of :data:`CLIP_RATIOS` whose max-abs-relative
+    scale quantizes it with the least squared error (ties: the larger ratio)."""
+    qmax = 2 ** (bits - 1) - 1
+    flat = w.detach().to(torch.float32).reshape(w.shape[0], -1)
+    amax = flat.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    return _mse_scale(flat, scale, qmax) / scale
 
 
 def _mse_scale(flat: torch.Tensor, scale: torch.Tensor, qmax: int) -> torch.Tensor:
@@ -94,24 +118,47 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 class FakeQuant(nn.Module):
-    """Parametrization ``w -> dequantize(quantize(w))`` with a straight-through gradient."""
+    """Parametrization ``w -> dequantize(quantize(w))`` with a straight-through gradient;
+    with ``learned`` clipping (:data:`CLIP` at the time it is made, at most
+    :data:`MSE_BITS` bits) it holds a trainable per-channel clipping ratio ``ratio``."""
 
     knob = "bits"  # the knob that made it
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.bits = int(bits)
+        if CLIP == "learned" and self.bits <= MSE_BITS and weight is None:
+            raise ValueError("learned clipping starts from the weight it quantizes")
+        self.learned = (CLIP == "learned" and self.bits <= MSE_BITS
+                        and float((weight == 0).float().mean()) < MAX_ZEROS)
+        if self.learned:
+            self.ratio = nn.Parameter(_mse_ratio(weight, self.bits))
 
     @property
     def value(self) -> int:
         return self.bits
 
+    def _learned(self, w: torch.Tensor) -> torch.Tensor:
+        qmax = 2 ** (self.bits - 1) - 1
+        view = (-1,) + (1,) * (w.ndim - 1)
+        amax = w.detach().reshape(w.shape[0], -1).abs().amax(dim=1)
+        base = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+        r = self.ratio
+        r = r + (r.clamp(MIN_RATIO, 1.0) - r).detach()  # kept in range, its gradient whole
+        step = (base * r).to(w.dtype).view(view)
+        v = torch.clamp(w / step, -qmax, qmax)
+        return (v + (torch.round(v) - v).detach()) * step  # LSQ: round passes the gradient
+
     def exact(self, w: torch.Tensor) -> torch.Tensor:
         """The dequantized weight exactly as the artifact stores it (the forward pass's
         ``w + (wq - w)`` may differ from it in the last bit)."""
+        if self.learned:
+            return self._learned(w).detach()
         return dequantize(*quantize_codes(w, self.bits)).to(w.dtype)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.learned:
+            return self._learned(w)
         codes, scale = quantize_codes(w, self.bits)
         wq = dequantize(codes, scale).to(w.dtype)
         if CLIP == "mse" and self.bits <= MSE_BITS:
@@ -123,7 +170,23 @@ class FakeQuant(nn.Module):
         return w + (wq - w).detach()
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+        return f"bits={self.bits}" + (", learned clipping" if self.learned else "")
+
+
+def reset_clipping(model: nn.Module) -> nn.Module:
+    """Start every learned clipping ratio of ``model`` afresh from the weight it quantizes
+    now (after weights were copied in: on a decoded artifact's grid that is ratio 1, so the
+    model computes what the file does)."""
+    for module in model.modules():
+        if not parametrize.is_parametrized(module, "weight"):
+            continue
+        w = module.parametrizations["weight"].original
+        for p in module.parametrizations["weight"]:
+            if isinstance(p, FakeQuant) and p.learned:
+                with torch.no_grad():
+                    p.ratio.copy_(_mse_ratio(w, p.bits))
+            w = p(w)
+    return model
 
 
 def quantize(model: nn.Module, config: QuantizeConfig, *, inplace: bool = False) -> nn.Module:
@@ -134,5 +197,6 @@ def quantize(model: nn.Module, config: QuantizeConfig, *, inplace: bool = False)
         if bits >= 32:
             continue
         for layer in target_layers(model, name):
-            parametrize.register_parametrization(layer, "weight", FakeQuant(bits))
+            parametrize.register_parametrization(layer, "weight",
+                                                 FakeQuant(bits, layer.weight.detach()))
     return model

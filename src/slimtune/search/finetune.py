@@ -40,6 +40,7 @@ from slimtune.models.teacher import _load_state
 from slimtune.models.train import accuracy
 from slimtune.models.zoo import build_model
 from slimtune.objectives.measure import Measured
+from slimtune.ops.quantize import reset_clipping
 from slimtune.search.pareto import pareto_front
 from slimtune.search.study import Run
 from slimtune.trust import Trust
@@ -94,7 +95,7 @@ def student_of(teacher: nn.Module, plan: Any, input_shape: tuple[int, ...],
                 p.copy_(getattr(other, pname))
             for bname, b in buffers.items():
                 b.copy_(getattr(other, bname))
-    return student
+    return reset_clipping(student)  # the decoded grid: what the file computes
 
 
 def finetune(

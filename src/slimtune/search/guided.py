@@ -6,7 +6,8 @@ cheap in accuracy and worth most in size and FLOPs:
 
 1. **Sensitivity pass** (:func:`probe_layers`, run as Ray tasks before the trials). For each
    compressible layer alone, at two probe levels of each knob (sparsity, channel keep ratio,
-   bits), compress only that layer and measure validation accuracy with no fine-tuning: the
+   bits), compress only that layer, re-estimate its BatchNorm statistics and measure
+   validation accuracy with no fine-tuning: the
    classic per-layer sensitivity scan (Han et al. 2015 set their pruning thresholds from
    one). The same pass records which layers shrink when a layer loses channels (its
    consumers, or a whole residual group).
@@ -50,6 +51,8 @@ LADDERS: dict[str, tuple[float, ...]] = {n: k.ladder for n, k in KNOBS.items() i
 PROBES: dict[str, tuple[float, ...]] = {n: k.probes for n, k in KNOBS.items() if k.ladder}
 #: accuracy examples the sensitivity pass reads at most (from the validation split)
 PROBE_EXAMPLES = 512
+#: training batches (of 128) each probe's BatchNorm statistics are re-estimated on
+PROBE_BATCHES = 4
 #: guided plans enqueued after the uniform warm start
 N_GUIDED = 6
 #: accuracy loss counted for a move that loses none: a move must save cost to be chosen
@@ -77,14 +80,17 @@ def _weights(model: nn.Module, names: list[str]) -> dict[str, int]:
 
 def probe_layers(
     teacher: nn.Module, space: SearchSpace, input_shape: tuple[int, ...], layers: list[str],
-    val: Split | torch.Tensor, y_val: torch.Tensor | None = None,
+    val: Split | torch.Tensor, y_val: torch.Tensor | None = None, *,
+    train: Split | None = None,
 ) -> dict[str, Any]:
     """The one-shot sensitivity of ``layers``: for each, each knob and each probe level,
     the validation accuracy of the teacher with only that layer compressed; and for each
     channel probe, the fraction of every layer's weights left (to learn who shrinks with
-    whom); and the teacher's own accuracy on the same examples. Runs in a Ray task; plain
-    data out."""
+    whom); and the teacher's own accuracy on the same examples. With ``train``, each
+    compressed student's BatchNorm statistics are re-estimated on :data:`PROBE_BATCHES`
+    of its batches first, as a trial's are. Runs in a Ray task; plain data out."""
     from slimtune.compress.apply import apply
+    from slimtune.compress.recalibrate import recalibrate_batchnorm
 
     probe = as_split(val, y_val).head(PROBE_EXAMPLES)
     teacher = teacher.eval()
@@ -99,6 +105,9 @@ def probe_layers(
             for level in PROBES[knob]:
                 plan = CompressionPlan({name: LayerPlan(**{knob: level})})
                 student = apply(teacher, plan, input_shape)
+                if train is not None:
+                    recalibrate_batchnorm(student, train, batches=PROBE_BATCHES,
+                                          generator=torch.Generator().manual_seed(0))
                 accuracy[name][knob][repr(level)] = _accuracy(student, probe)
                 if knob == "keep_ratio" and level == PROBES["keep_ratio"][-1]:
                     after = _weights(student, all_layers)
@@ -293,7 +302,8 @@ def probe_task(spec: ProbeSpec, teacher_state: dict[str, torch.Tensor]) -> dict[
     device, data, teacher = set_up(spec, teacher_state)
     space = SearchSpace.from_model(teacher, data.input_shape, spec.pruning)
     val = data.val.head(PROBE_EXAMPLES).to(device)
-    return probe_layers(teacher, space, data.input_shape, list(spec.layers), val)
+    return probe_layers(teacher, space, data.input_shape, list(spec.layers), val,
+                        train=data.train.to(device))
 
 
 def measure_sensitivity(

@@ -1,8 +1,10 @@
 """One trial: compress the teacher by a plan, distil, export, measure. Pure; no Ray here.
 
-Before any training the trial encodes the compressed (untrained) student: its size and
-FLOPs are already final (fine-tuning keeps masks, bits and shapes), so a plan over the
-size or FLOPs budget stops there. During the fine-tune it measures validation accuracy
+Before any training the trial re-estimates the compressed student's BatchNorm
+statistics (compress/recalibrate.py: the teacher's do not fit a pruned, factorized or
+quantized student) and encodes it, untrained: its size and FLOPs are already final
+(fine-tuning keeps masks, bits and shapes), so a plan over the size or FLOPs budget
+stops there. During the fine-tune it measures validation accuracy
 after every epoch and stops early when a finished trial that is no larger and needs no
 more FLOPs beats it by more than a margin that shrinks as epochs pass.
 """
@@ -17,6 +19,7 @@ import torch
 
 from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
+from slimtune.compress.recalibrate import recalibrate_batchnorm
 from slimtune.data.split import Split, as_split
 from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.dominance import dominates
@@ -63,7 +66,7 @@ def early_stop_margin(epoch: int, epochs: int) -> float:
     narrow near the end. Chosen from the per-epoch curves of the default search
     (docs/DESIGN-NOTES.md)."""
     left = (epochs - epoch) / max(epochs, 1)
-    return 0.03 + 0.6 * left**1.5
+    return 0.03 + 0.6 * left
 
 
 def early_stop_axes(objectives: tuple[str, ...]) -> list[str]:
@@ -119,6 +122,8 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     train = data.to(device)
     plan = CompressionPlan.from_dict(spec.plan)
     student = apply(teacher, plan, data.input_shape)
+    # before it is measured untrained (an over-budget plan's accuracy) and before it trains
+    recalibrate_batchnorm(student, train.train, generator=torch.Generator().manual_seed(spec.seed))
 
     # size, FLOPs and stored weights are final before training: a plan over budget stops
     measured = Measured.of(student, spec.model, data.num_classes, data.input_shape, plan,
