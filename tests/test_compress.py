@@ -180,6 +180,16 @@ def test_learned_clipping_exports_exactly_what_it_trained(monkeypatch, tmp_path)
         torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_learned_clipping_only_on_dense_low_bit_layers(monkeypatch):
+    monkeypatch.setattr("slimtune.ops.quantize.CLIP", "learned")
+    model = ConvNet()
+    plan = CompressionPlan({"c1": LayerPlan(bits=3), "c2": LayerPlan(bits=3, sparsity=0.5),
+                            "fc": LayerPlan(bits=6)})
+    out = apply(model, plan)
+    learned = {n.split(".")[0] for n, _ in out.named_parameters() if n.endswith(".ratio")}
+    assert learned == {"c1"}  # c2 is 50 % zeros (max-abs trained better), fc has 6 bits
+
+
 def test_reset_clipping_on_a_decoded_grid_computes_what_the_file_does(monkeypatch):
     from slimtune.ops.quantize import reset_clipping
 
