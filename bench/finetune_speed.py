@@ -66,7 +66,7 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     subset = args.subset or None
-    data = load_dataset(args.data, None, subset, subset)
+    data = load_dataset(args.data, None, subset)  # validation: a quarter, as a search's
     torch.manual_seed(0)
     teacher = build_model(args.model, data.num_classes, data.input_shape).eval()
     space = SearchSpace.from_model(teacher, data.input_shape)
@@ -77,7 +77,7 @@ def main() -> None:
         logits = torch.cat([teacher(x[i:i + 512]) for i in range(0, len(x), 512)])
     spec = TrialSpec(model=args.model, data=args.data, plan=plan.to_dict(), epochs=args.epochs,
                      lr=1e-3, batch_size=64, seed=1, threads=torch.get_num_threads(),
-                     subset=subset, val_subset=subset, early_stop=False)
+                     subset=subset, early_stop=False)
     state = teacher.state_dict()
     run_trial(spec, state)  # warm-up: imports, the worker's logits cache
     cfg = DistillConfig(temperature=plan.temperature, alpha=plan.alpha, epochs=args.epochs)
