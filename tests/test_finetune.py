@@ -14,6 +14,7 @@ from slimtune.cli import main
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
 from slimtune.export.artifact import load
+from slimtune.models.zoo import build_model
 from slimtune.objectives.accuracy import accuracy
 from slimtune.search import SearchConfig
 from slimtune.search.engine import search
@@ -96,6 +97,12 @@ def test_finetune_keeps_the_plan_to_the_byte_and_never_loses_validation_accuracy
     assert card["val_accuracy"] == max(f["val_curve"]) == f["val_curve"][f["best_epoch"]]
     assert len(f["val_curve"]) == 3 and f["train_examples"] == len(full.train) > 400
     assert card["subset"] is None and json.loads(out.with_suffix(".json").read_text()) == card
+    # the teacher it is compared with: measured on the same full splits
+    teacher = build_model("small_cnn", 10, (1, 8, 8))
+    teacher.load_state_dict(torch.load(run.run.dir / "teacher.pt", weights_only=True))
+    assert card["teacher"]["test_accuracy"] == pytest.approx(accuracy(teacher.eval(), full.test))
+    assert card["ratios"]["test_accuracy_relative"] == pytest.approx(
+        card["test_accuracy"] / card["teacher"]["test_accuracy"])
     # the study records it beside the search's numbers
     record = open_run(run.run.dir).study.user_attrs["finetuned"][str(point.trial)][-1]
     assert record["test_accuracy"] == card["test_accuracy"]

@@ -189,13 +189,15 @@ def export(
 
 def card_of(run: StoredRun, trial: int, header: Any, raw: bytes, *, val_accuracy: float,
             test_accuracy: float, flops: int, dense_flops: int, bitops: int,
-            data: dict[str, Any] | None = None) -> dict[str, Any]:
+            data: dict[str, Any] | None = None,
+            teacher: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model card of the artifact ``raw`` (its ``header``) made from trial ``trial`` of
     ``run``: its numbers, the teacher's, and the ratios between them. ``data``: the data
-    set fields when they differ from the search's (a fine-tune on the full split)."""
+    set fields when they differ from the search's (a fine-tune on the full split), and
+    ``teacher`` its numbers measured there."""
     meta = run.meta
     cfg = meta["config"]
-    teacher = meta["teacher"]
+    teacher = teacher or meta["teacher"]
     data = data or {"dataset": cfg["data"], "data_dir": cfg.get("data_dir"),
                     "subset": cfg.get("subset"), "val_subset": cfg.get("val_subset")}
     return {

@@ -139,6 +139,10 @@ def finetune(
     splits = data.to(device)
     student.to(device)
     teacher.to(device)
+    # the teacher on the same full splits as the converged student (the run's numbers may
+    # be a subset's)
+    teacher_full = {**run.teacher, "accuracy": accuracy(teacher, splits.val),
+                    "test_accuracy": accuracy(teacher, splits.test), "splits": "full"}
     curve = [accuracy(student, splits.val)]  # epoch 0: the search's weights
     best = (curve[0], 0, copy.deepcopy(student.state_dict()))
     losses: list[float] = []
@@ -186,7 +190,7 @@ def finetune(
                    flops=int(results["flops"]), dense_flops=int(results["dense_flops"]),
                    bitops=int(results["bitops"]),
                    data={"dataset": cfg["data"], "data_dir": cfg.get("data_dir"),
-                         "subset": None, "val_subset": None})
+                         "subset": None, "val_subset": None}, teacher=teacher_full)
     card["finetune"] = record
     write_export(paths, measured.blob, card, measured.model if onnx else None,
                  header.input_shape)
