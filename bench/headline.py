@@ -111,8 +111,10 @@ def candidates(arm: dict) -> list[tuple[str, int]]:
         ok = [p for p in front if p["val"] >= t - drop]
         if ok:
             picks.append((f"P2 val>=-{drop:g}", min(ok, key=lambda p: p["flops"])["trial"]))
-    seen: set[int] = set()
-    return [(why, n) for why, n in picks if not (n in seen or seen.add(n))]
+    first: dict[int, str] = {}
+    for why, n in picks:
+        first.setdefault(n, why)  # a trial picked twice: converged once, under its first pick
+    return [(why, n) for n, why in first.items()]
 
 
 def step_finetune(arm: dict, trial: int, args, env, root: Path) -> dict:

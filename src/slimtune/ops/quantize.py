@@ -76,8 +76,7 @@ def quantize_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     qmax = 2 ** (bits - 1) - 1
     w = w.detach().to(torch.float32)
     flat = w.reshape(w.shape[0], -1)
-    amax = flat.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    scale = _maxabs_scale(flat, qmax)
     if bits <= MSE_BITS and CLIP == "mse":
         scale = _mse_scale(flat, scale, qmax)
     view = (-1,) + (1,) * (w.ndim - 1)
@@ -85,13 +84,18 @@ def quantize_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     return codes.to(torch.int32), scale
 
 
+def _maxabs_scale(flat: torch.Tensor, qmax: int) -> torch.Tensor:
+    """Per row of ``flat``, max-abs scaling's step ``max|w| / qmax`` (1 for an all-zero row)."""
+    amax = flat.abs().amax(dim=1)
+    return torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+
+
 def _mse_ratio(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Per output channel of ``w``, the ratio of :data:`CLIP_RATIOS` whose max-abs-relative
     scale quantizes it with the least squared error (ties: the larger ratio)."""
     qmax = 2 ** (bits - 1) - 1
     flat = w.detach().to(torch.float32).reshape(w.shape[0], -1)
-    amax = flat.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    scale = _maxabs_scale(flat, qmax)
     return _mse_scale(flat, scale, qmax) / scale
 
 
@@ -127,10 +131,10 @@ class FakeQuant(nn.Module):
     def __init__(self, bits: int, weight: torch.Tensor | None = None) -> None:
         super().__init__()
         self.bits = int(bits)
-        if CLIP == "learned" and self.bits <= MSE_BITS and weight is None:
+        low = CLIP == "learned" and self.bits <= MSE_BITS
+        if low and weight is None:
             raise ValueError("learned clipping starts from the weight it quantizes")
-        self.learned = (CLIP == "learned" and self.bits <= MSE_BITS
-                        and float((weight == 0).float().mean()) < MAX_ZEROS)
+        self.learned = low and float((weight == 0).float().mean()) < MAX_ZEROS
         if self.learned:
             self.ratio = nn.Parameter(_mse_ratio(weight, self.bits))
 
@@ -141,8 +145,7 @@ class FakeQuant(nn.Module):
     def _learned(self, w: torch.Tensor) -> torch.Tensor:
         qmax = 2 ** (self.bits - 1) - 1
         view = (-1,) + (1,) * (w.ndim - 1)
-        amax = w.detach().reshape(w.shape[0], -1).abs().amax(dim=1)
-        base = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+        base = _maxabs_scale(w.detach().reshape(w.shape[0], -1), qmax)
         r = self.ratio
         r = r + (r.clamp(MIN_RATIO, 1.0) - r).detach()  # kept in range, its gradient whole
         step = (base * r).to(w.dtype).view(view)
