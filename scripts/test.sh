@@ -39,4 +39,17 @@ if ! pg_server_found && command -v apt-get >/dev/null 2>&1; then
   pg_server_found \
     || echo "could not install postgresql: its tests are skipped (they fail under CI)" >&2
 fi
+# the browser test drives a headless Chromium (tests/browser.py) with Debian's chromedriver
+if [ ! -x /usr/bin/chromedriver ] && ! command -v chromedriver >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
+  echo "installing Debian's chromium and chromium-driver (~300 MB) for the tests ..." >&2
+  export DEBIAN_FRONTEND=noninteractive
+  { $sudo apt-get install -y -qq chromium chromium-driver \
+      || { $sudo apt-get update -qq \
+           && $sudo apt-get install -y -qq chromium chromium-driver; }; } \
+      >/dev/null 2>&1 \
+    || echo "could not install chromium: the browser test is skipped (it fails under CI)" >&2
+fi
 exec .venv/bin/python -m pytest "$@"

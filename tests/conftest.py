@@ -86,3 +86,21 @@ def postgres_url():
         pytest.skip(reason)
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium driven by selenium (tests/browser.py), quit after the test.
+
+    Skipped where Chromium, chromedriver or selenium is missing; under CI (CI=true) that is a
+    failure, since scripts/test.sh installs Debian's chromium and chromium-driver packages.
+    """
+    from tests.browser import chromium_unavailable, headless_chromium
+
+    reason = chromium_unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):  # as postgres_url: any CI fails, never skips
+            pytest.fail(f"CI must provide a headless Chromium: {reason}")
+        pytest.skip(reason)
+    with headless_chromium() as driver:
+        yield driver

@@ -76,7 +76,7 @@ def test_front_json_cli_and_html(run, capsys):
                                     "dense_flops", "bitops"}
     for p in doc["front"]:
         assert p["flops"] <= p["dense_flops"]  # effective (the objective) <= dense
-    html = (run.run.dir / "pareto.html").read_text()
+    html = (run.run.dir / "report.html").read_text()
     assert "plotly" in html and "Pareto front" in html and len(html) > 100_000  # js inlined
     code, out, err = _cli(capsys, "front", str(run.run.dir))
     assert code == 0 and "teacher" in out and "x smaller" in out and "FLOPs" in out
@@ -203,3 +203,56 @@ def test_concurrency_is_what_both_cpus_and_gpus_allow(monkeypatch, cpus, gpus, p
     cluster = RayCluster.__new__(RayCluster)  # no Ray start: only its resource arithmetic
     cluster._ray = types.SimpleNamespace(cluster_resources=lambda: {"CPU": cpus, "GPU": gpus})
     assert cluster.max_concurrent(per_cpu, per_gpu) == expected
+
+
+def test_report_in_a_real_browser(run, browser, tmp_path):
+    """The report of a real search, opened in headless Chromium: every view draws, the
+    console stays clean, and clicking a front point in the size view selects it in every
+    view and shows that trial's export command."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.browser import console_errors
+
+    page = slimtune.report(run.run.dir, tmp_path / "report.html")
+    browser.get(page.as_uri())
+    WebDriverWait(browser, 60).until(
+        lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    views = browser.execute_script("return window.slimtune.data.views.map(v => v.id)")
+    assert views == ["fig-size", "fig-macs", "fig-3d", "fig-history", "fig-plan"]
+    for view in views:  # each view drew its plot (an SVG; the 3-D one its WebGL scene too)
+        svgs = browser.find_elements(By.CSS_SELECTOR, f"#{view} svg.main-svg")
+        assert svgs and svgs[0].size["width"] > 300, view
+    assert browser.find_elements(By.CSS_SELECTOR, "#fig-3d canvas")
+    assert console_errors(browser) == []
+
+    # the front trace of the size view and its points, in data order
+    figure = browser.execute_script("return window.slimtune.data.views[0].figure")
+    k = [t["name"] for t in figure["data"]].index("Pareto front")
+    trials = figure["data"][k]["customdata"]
+    first = browser.execute_script("return window.slimtune.selected()")
+    pick = next(i for i, t in enumerate(trials) if t != first)  # not the one selected at load
+    traces = browser.find_elements(By.CSS_SELECTOR, "#fig-size .scatterlayer .trace")
+    point = traces[k].find_elements(By.CSS_SELECTOR, "path.point")[pick]
+    ActionChains(browser).move_to_element(point).pause(0.3).click().perform()
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script("return window.slimtune.selected()") == trials[pick])
+
+    command = browser.find_element(By.ID, "export-command").text
+    assert command == (f"slimtune export {run.run.dir} --trial {trials[pick]} "
+                       f"--out student-{trials[pick]}.slim")
+    row = browser.find_element(By.CSS_SELECTOR, "#front-table tr.selected")
+    assert row.get_attribute("data-trial") == str(trials[pick])
+    plan_rows = browser.find_elements(By.CSS_SELECTOR, "#selected-plan tbody tr")
+    assert len(plan_rows) == len(run.run.meta["layers"])
+    marked = browser.execute_script(
+        "const d = document.getElementById('fig-macs').data;"
+        "return d.find(t => t.name === 'selected').x;")
+    assert marked == [next(p.flops for p in run.front if p.trial == trials[pick])]
+    heat = browser.execute_script(
+        "return document.getElementById('fig-plan').layout.shapes.length")
+    assert heat == browser.execute_script("return window.slimtune.data.views[4].knobs")
+    assert console_errors(browser) == []
+    browser.save_screenshot(str(tmp_path / "report.png"))
+    assert (tmp_path / "report.png").stat().st_size > 10_000

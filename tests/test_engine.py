@@ -138,14 +138,17 @@ def test_the_warm_start_is_uniform_then_guided_plans_and_the_first_generation(te
     sens = Sensitivity.from_dict(meta["sensitivity"])
     assert set(sens.accuracy) == set(space.layers) and 0.5 < sens.base_accuracy <= 1.0
     uniform = space.uniform_plans()
-    expected = _distinct(space, uniform + guided_plans(sens, space))
+    expected = _distinct(space, [(p, "uniform") for p in uniform]
+                         + [(p, "guided") for p in guided_plans(sens, space)])
     assert len(expected) > len(uniform)  # some guided plans differ from every uniform one
     assert meta["population"] == len(expected)
     trials = sorted(result.run.study.trials, key=lambda t: t.number)
     assert len(trials) == 24 and all(t.state == COMPLETE for t in trials)
-    for t, plan in zip(trials, expected, strict=False):
+    for t, (plan, phase) in zip(trials, expected, strict=False):
         want = space.params_of(plan)
         assert t.params == pytest.approx(want), t.number
+        assert t.user_attrs["phase"] == phase  # what the report colours it by
+    assert all("phase" not in t.user_attrs for t in trials[len(expected):])  # the sampler's
     first = [t.system_attrs[GENERATION] for t in trials[:len(expected)]]
     later = [t.system_attrs[GENERATION] for t in trials[len(expected):]]
     assert first == [0] * len(expected) and later and min(later) >= 1

@@ -24,7 +24,7 @@ from slimtune.knobs.two_four import applies
 from slimtune.models import build_model
 from slimtune.objectives.flops import count_flops
 from slimtune.spaces import CompressionPlan, LayerPlan, SearchSpace
-from slimtune.viz.report import plan_summary
+from slimtune.viz.front import plan_summary
 
 SHAPE, CLASSES = (1, 8, 8), 10
 

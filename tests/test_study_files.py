@@ -29,7 +29,7 @@ from slimtune.search.study import (
     open_storage,
     storage_url,
 )
-from slimtune.viz.report import front_info
+from slimtune.viz.front import front_info
 from tests.hostile import run_cli_many
 
 META = {
@@ -203,7 +203,7 @@ def test_read_of_a_killed_run_sees_the_trials_in_its_wal(tmp_path):
 _CHILD = textwrap.dedent("""
     import json, os, sys
     from slimtune.search.study import open_run
-    from slimtune.viz.report import front_info
+    from slimtune.viz.front import front_info
     run_dir, how, scratch = sys.argv[1:4]
     if how == "nobody":
         # Python and its libraries may live where nobody cannot read (/root/.pyenv): first

@@ -351,7 +351,7 @@ def test_a_full_disk_during_a_search_is_one_line_and_leaves_no_trial_running(ray
 
 def test_read_commands_leave_the_run_directory_as_it_was(finished_run, work):
     run_dir, _ = _copy_run(finished_run, work / "run")
-    (run_dir / "pareto.html").unlink(missing_ok=True)
+    (run_dir / "report.html").unlink(missing_ok=True)
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
     r = run_cli(["front", "run", "--html", "plot.html", "--json"], work)
     assert r.rc == 0, r.stderr

@@ -5,6 +5,7 @@ Public entry points (each CLI command is one of these calls, all in :mod:`slimtu
     slimtune.search(SearchConfig(...))     # slimtune search (or search(trials=10, ...))
     slimtune.resume(run_dir)               # slimtune search --resume
     slimtune.front(run_dir)                # slimtune front (with the suggested export)
+    slimtune.report(run_dir)               # slimtune report (RUN_DIR/report.html)
     slimtune.export(run_dir, trial, path)  # slimtune export
     slimtune.finetune(run_dir, trial, path, epochs=E)  # slimtune finetune
     slimtune.load(path) -> torch.nn.Module # load an exported file
@@ -25,13 +26,13 @@ __version__ = "0.1.0"
 from slimtune.errors import SlimtuneError  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
-    from slimtune.api import evaluate, finetune, front, load, resume, train
+    from slimtune.api import evaluate, finetune, front, load, report, resume, train
     from slimtune.search.config import SearchConfig
 
 __all__ = ["__version__", "SlimtuneError", "SearchConfig", "search", "resume", "front",
-           "export", "finetune", "load", "evaluate", "train"]
+           "report", "export", "finetune", "load", "evaluate", "train"]
 
-_VERBS = ("resume", "front", "finetune", "load", "evaluate", "train")
+_VERBS = ("resume", "front", "report", "finetune", "load", "evaluate", "train")
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import slimtune` stays cheap

@@ -18,9 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from slimtune.search.config import SearchConfig
     from slimtune.search.events import SearchEvents, SearchResult
-    from slimtune.viz.report import FrontInfo
+    from slimtune.viz.front import FrontInfo
 
-__all__ = ["search", "resume", "front", "front_info", "suggested_export", "export",
+__all__ = ["search", "resume", "front", "front_info", "suggested_export", "report", "export",
            "finetune", "evaluate", "load", "train"]
 
 #: the accuracy, relative to the teacher's, that the suggested export point keeps
@@ -59,10 +59,10 @@ def resume(
 
 def front_info(run_dir: str | Path, *, storage: str | None = None,
                study_name: str = "slimtune") -> FrontInfo:
-    """The front of a run as :class:`slimtune.viz.report.FrontInfo` (what tables and plots
+    """The front of a run as :class:`slimtune.viz.front.FrontInfo` (what tables and plots
     draw). The study is opened read-only."""
     from slimtune.search.study import open_run
-    from slimtune.viz.report import front_info as info_of
+    from slimtune.viz.front import front_info as info_of
 
     return info_of(open_run(run_dir, storage=storage, study_name=study_name))
 
@@ -89,11 +89,26 @@ def front(run: str | Path | FrontInfo, *, storage: str | None = None,
     "hypervolume": h, "suggested": {"trial": n, "why": "..."} | None}`` (see
     :func:`suggested_export`). ``run``: a run directory (``storage`` and ``study_name``
     as the search had them), or its :func:`front_info` already read."""
-    from slimtune.viz.report import FrontInfo
+    from slimtune.viz.front import FrontInfo
 
     info = run if isinstance(run, FrontInfo) else front_info(run, storage=storage,
                                                             study_name=study_name)
     return {**info.to_dict(), "suggested": suggested_export(info)}
+
+
+def report(run_dir: str | Path, out: str | Path | None = None, *,
+           storage: str | None = None, study_name: str = "slimtune",
+           cards: list[str | Path] = ()) -> Path:  # type: ignore[assignment]
+    """Write the run's HTML report (default ``RUN_DIR/report.html``): one self-contained
+    file with linked views of the front, the search's history, every front point's
+    per-layer plan and its export command. ``cards``: model cards of files exported from
+    the run, whose test accuracy the table shows. The study is opened read-only. Returns
+    the file's path."""
+    from slimtune.search.study import open_run
+    from slimtune.viz.report import read_cards, report_info, write_report
+
+    run = open_run(run_dir, storage=storage, study_name=study_name)
+    return write_report(report_info(run, read_cards(list(cards), run.dir)), out)
 
 
 def export(

@@ -385,18 +385,19 @@ def _fmt_seconds(s: float) -> str:
     return f"{s} s"
 
 
-def _write_plot(info: Any, html_path: Path | None) -> str:
-    """Write the interactive plot (RUN_DIR/pareto.html unless ``html_path``); a run
-    directory we may not write to (a read-only results share) is not an error."""
+def _write_report(run_dir: Path, storage: str | None, study_name: str,
+                  out: Path | None = None) -> str:
+    """Write the run's HTML report (RUN_DIR/report.html unless ``out``); a run directory
+    we may not write to (a read-only results share) is not an error."""
+    from slimtune.api import report
     from slimtune.errors import OutputError
-    from slimtune.viz.report import write_html
 
     try:
-        return f"interactive plot: {write_html(info, html_path)}"
+        return f"report: {report(run_dir, out, storage=storage, study_name=study_name)}"
     except OutputError as exc:
-        if html_path is not None:
+        if out is not None:
             raise
-        return f"interactive plot not written ({exc}); choose a place with --html PATH"
+        return f"report not written ({exc}); choose a place with `slimtune report --out PATH`"
 
 
 def _print_front(run_dir: Path, storage: str | None = None,
@@ -431,7 +432,7 @@ def _print_front(run_dir: Path, storage: str | None = None,
     click.echo(
         f"hypervolume {info.hypervolume:.4f} (size and FLOPs relative to the teacher, "
         "1 - accuracy; reference point (1, 1, 1); 1 would be a free, perfect model)")
-    err.print(_write_plot(info, html_path))
+    err.print(_write_report(run_dir, storage, study_name, html_path))
     pick = suggested_export(info)
     if pick is not None:
         err.print(f"export one with: slimtune export {_q(run_dir)} --trial {pick['trial']} "
@@ -454,23 +455,44 @@ _study_opt = click.option("--study-name", default=_D.study_name, show_default=Tr
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), default=None,
-              help="Where to write the interactive plot [default: RUN_DIR/pareto.html, "
+              help="Where to write the HTML report [default: RUN_DIR/report.html, "
                    "skipped when the run directory is read-only].")
 @_storage_opt
 @_study_opt
 def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | None,
           study_name: str) -> None:
-    """Print the Pareto front of a run and write its interactive plot. The study is opened
-    read-only; nothing in the run directory changes but the plot."""
+    """Print the Pareto front of a run and write its HTML report. The study is opened
+    read-only; nothing in the run directory changes but the report."""
     from slimtune.api import front as front_doc
     from slimtune.api import front_info
 
     if as_json:
         info = front_info(run_dir, storage=storage, study_name=study_name)
-        err.print(_write_plot(info, html_path))
+        err.print(_write_report(run_dir, storage, study_name, html_path))
         click.echo(json.dumps(front_doc(info), indent=2))
     else:
         _print_front(run_dir, storage, study_name, html_path)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The HTML file to write [default: RUN_DIR/report.html].")
+@click.option("--card", "cards", type=click.Path(path_type=Path), multiple=True,
+              help="An exported file (or its model card PATH.json) of this run: the table "
+                   "shows its test accuracy. Repeatable.")
+@_storage_opt
+@_study_opt
+def report(run_dir: Path, out: Path | None, cards: tuple[Path, ...], storage: str | None,
+           study_name: str) -> None:
+    """Write the run's report: one self-contained HTML file (works offline) with linked
+    views of the front (accuracy against size, against MACs, all three in 3-D), the
+    hypervolume after each trial, every front point's per-layer plan and, for any point
+    you click, its export command. The study is opened read-only."""
+    from slimtune.api import report as write
+
+    path = write(run_dir, out, storage=storage, study_name=study_name, cards=list(cards))
+    err.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
 
 
 @cli.command()
@@ -551,6 +573,7 @@ def finetune(run_dir: Path, trial: int, epochs: int, out: Path, lr: float | None
         f"{s['val_accuracy_full']:.4f}), test {card['test_accuracy']:.4f} (search's file "
         f"{s['test_accuracy_full']:.4f}; teacher {card['teacher']['test_accuracy']:.4f})"
     )
+    err.print(_write_report(run_dir, storage, study_name))  # its table shows the new test
 
 
 @cli.command("eval")

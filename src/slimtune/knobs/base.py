@@ -125,9 +125,17 @@ class Knob(ABC):
         active values only); returns the model (a transform may replace modules)."""
 
     # -- the report ----------------------------------------------------------------------
+    #: the knob's name in the report's heatmap and tables, e.g. ``channels kept``
+    label: ClassVar[str] = ""
+
     @abstractmethod
     def summary(self, value: Any) -> str:
         """A few characters for the per-layer summary, e.g. ``s=0.70``."""
+
+    def strength(self, value: Any) -> float:
+        """How hard ``value`` compresses a layer, in [0, 1]: 0 leaves it alone, 1 is the
+        heaviest setting (the report's heatmap colour; spared layers stay pale)."""
+        return 0.0 if not self.active(value) else 1.0
 
 
 class StructureKnob(Knob):

@@ -37,8 +37,13 @@ class KeepRatio(StructureKnob):
         return channel_prune(model, ChannelPruneConfig(dict(values)), tuple(input_shape),
                              inplace=True)
 
+    label = "channels kept"
+
     def summary(self, value: Any) -> str:
         return f"k={value:.2f}"
+
+    def strength(self, value: Any) -> float:
+        return 1.0 - float(value)  # the fraction of output channels removed
 
 
 KNOB = KeepRatio()

@@ -33,8 +33,13 @@ class RankRatio(StructureKnob):
         return factorize(model, FactorizeConfig(dict(values)), with_weights=False,
                          inplace=True)
 
+    label = "rank kept"
+
     def summary(self, value: Any) -> str:
         return f"r={value:.2f}"
+
+    def strength(self, value: Any) -> float:
+        return 1.0 - float(value)  # the fraction of the full rank dropped
 
 
 KNOB = RankRatio()

@@ -52,8 +52,13 @@ class Sparsity(MaskKnob):
         keep[np.flatnonzero(before)[among]] = True
         return keep
 
+    label = "sparsity"
+
     def summary(self, value: Any) -> str:
         return f"s={value:.2f}"
+
+    def strength(self, value: Any) -> float:
+        return float(value)  # the fraction of weights zeroed
 
 
 KNOB = Sparsity()

@@ -100,8 +100,13 @@ class TwoFour(MaskKnob):
         keep = np.unpackbits(nibbles[:, None], axis=1, count=4, bitorder="little")
         return keep.reshape(-1).astype(bool) & before
 
+    label = "2:4"
+
     def summary(self, value: Any) -> str:
         return "2:4"
+
+    def strength(self, value: Any) -> float:
+        return 0.5 if value else 0.0  # half of the weights zeroed
 
 
 KNOB = TwoFour()

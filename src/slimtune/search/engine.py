@@ -204,7 +204,7 @@ def search(
                                   if config.warm_start else None)
             proposer.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before,
                                             population)
-            run = Run(dir=run_dir, study=study)
+            run = Run(dir=run_dir, study=study, storage=config.storage)
             if screen is not None:
                 counts = _fidelity_loop(config, run, screen, space, teacher_ref, concurrency,
                                         ev, job_fn, trust, signals)

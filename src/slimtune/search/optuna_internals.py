@@ -111,12 +111,19 @@ def _fail_stale(study: optuna.Study, all_running_dead: bool) -> list[int]:
     return [a["retry_of"] for _, a in retried]
 
 
+#: the user attributes a queued plan carries (rewritten with it when the queue reorders)
+_QUEUED_ATTRS = ("retry_of", "seed_of", "phase")
+
+
 def _retry_attrs(number: int, attrs: dict[str, Any]) -> dict[str, Any]:
     """The user attributes of the retry of trial ``number``: which trial it retries, and
     whose seed it keeps (the first attempt's: a retried plan trains exactly as it would
     have)."""
     first = attrs.get("seed_of")
-    return {"retry_of": number, "seed_of": number if first is None else first}
+    out = {"retry_of": number, "seed_of": number if first is None else first}
+    if "phase" in attrs:
+        out["phase"] = attrs["phase"]
+    return out
 
 
 def _requeue_first(study: optuna.Study, plans: list[tuple[dict[str, Any], dict[str, Any]]],
@@ -139,11 +146,11 @@ def _requeue_first(study: optuna.Study, plans: list[tuple[dict[str, Any], dict[s
     storage = study._storage
     order = list(plans) + [
         (w.system_attrs["fixed_params"],
-         {k: w.user_attrs.get(k) for k in ("retry_of", "seed_of")}) for w in waiting]
+         {k: w.user_attrs.get(k) for k in _QUEUED_ATTRS}) for w in waiting]
     slots = study.get_trials(deepcopy=False, states=[TrialState.WAITING])  # by number
     for slot, (params, attrs) in zip(slots, order, strict=True):
         storage.set_trial_system_attr(slot._trial_id, "fixed_params", params)
-        for key in ("retry_of", "seed_of"):  # None clears what the slot held before
+        for key in _QUEUED_ATTRS:  # None clears what the slot held before
             storage.set_trial_user_attr(slot._trial_id, key, attrs.get(key))
 
 

@@ -132,6 +132,8 @@ class Run:
 
     dir: Path
     study: optuna.Study
+    #: the ``--storage`` URL it was opened with (None: the SQLite file in ``dir``)
+    storage: str | None = None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -180,7 +182,7 @@ def open_run(
     if meta is None or (isinstance(meta, dict) and "teacher" not in meta):
         raise RunDirError(f"{d} is not a finished slimtune run (no teacher metrics in its study)")
     check_meta(meta, where)
-    return Run(dir=d, study=study)
+    return Run(dir=d, study=study, storage=storage)
 
 
 _NUMBER = (int, float)

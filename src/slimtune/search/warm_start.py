@@ -76,15 +76,16 @@ def _begin_study(
     }
     if ev.teacher_ready:
         ev.teacher_ready(meta["teacher"], source)
-    first = warm_start_plans(space) if config.warm_start else []
+    first = [(p, "uniform") for p in warm_start_plans(space)] if config.warm_start else []
     if config.warm_start and config.guided:
         t0 = time.perf_counter()
         try:
             sens = sensitivity(config, space, teacher, data, meta["teacher"], teacher_ref,
                                concurrency, ev, trust)
-            guided = guided_plans(sens, space)
+            guided = [(p, "guided") for p in guided_plans(sens, space)]
             if config.fidelity:
-                guided += spread_plans(sens, space, SCREENED_ONE_SHOT)
+                guided += [(p, "one-shot") for p in spread_plans(sens, space,
+                                                                 SCREENED_ONE_SHOT)]
         except Exception as exc:  # noqa: BLE001 - like a failed trial, it ends nothing
             cause = getattr(exc, "cause", None) or exc
             meta["sensitivity_error"] = f"{type(cause).__name__}: {cause}"[:2000]
@@ -99,9 +100,10 @@ def _begin_study(
                 ev.guided(time.perf_counter() - t0, len(first) - n_uniform)
     meta["population"] = len(first) or None  # the genetic samplers' first generation
     study.set_user_attr("slimtune", meta)
-    first += initial_plans(space) if initial_plans else []
-    for plan in first:
-        (queue or study).enqueue_trial(space.params_of(plan), skip_if_exists=True)
+    first += [(p, "user") for p in initial_plans(space)] if initial_plans else []
+    for plan, phase in first:  # the report tells the warm start's plans apart by ``phase``
+        (queue or study).enqueue_trial(space.params_of(plan), user_attrs={"phase": phase},
+                                       skip_if_exists=True)
     return meta
 
 
@@ -132,13 +134,15 @@ def _sensitivity(
                                lambda spec: task.remote(spec, teacher_ref), specs)
 
 
-def _distinct(space: SearchSpace, plans: list[CompressionPlan]) -> list[CompressionPlan]:
-    """``plans`` without repeats (by their study parameters), in order."""
+def _distinct(space: SearchSpace, plans: list[tuple[CompressionPlan, str]]
+              ) -> list[tuple[CompressionPlan, str]]:
+    """``plans`` (each with its phase) without repeats (by their study parameters), in
+    order: a plan found twice keeps its first phase."""
     seen: set[str] = set()
     out = []
-    for plan in plans:
+    for plan, phase in plans:
         key = repr(sorted(space.params_of(plan).items()))
         if key not in seen:
             seen.add(key)
-            out.append(plan)
+            out.append((plan, phase))
     return out

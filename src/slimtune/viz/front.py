@@ -1,0 +1,143 @@
+"""The front of a run as plain data: :func:`front_info`, what every view of it draws.
+
+A study is data from outside (a run someone sent): every value read here is checked for
+type, and a trial whose numbers are not numbers is left out rather than drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from slimtune.knobs import KNOBS
+from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
+from slimtune.search.study import Run, open_run
+
+__all__ = ["FrontInfo", "front_info", "plan_summary", "budgets_of", "number"]
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (a missing, boolean or non-numeric value)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+class FrontInfo(NamedTuple):
+    run_dir: Path
+    dataset: str
+    model: str
+    teacher: dict[str, Any]
+    front: list[FrontPoint]
+    others: list[FrontPoint]  # complete trials off the front (dominated or over a budget)
+    counts: dict[str, int]
+    objectives: tuple[str, ...] = ("accuracy", "size", "flops")
+    #: ``max_size`` (bytes), ``max_flops`` (effective MACs), ``min_accuracy``: those set
+    budgets: dict[str, float] = {}
+    #: trials of ``others`` that break a budget (infeasible)
+    infeasible: frozenset[int] = frozenset()
+    study_name: str = "slimtune"
+    #: the run's study lives in a ``--storage`` database (the export command needs it)
+    shared_storage: bool = False
+
+    @property
+    def hypervolume(self) -> float:
+        return hypervolume(self.front, self.teacher, self.objectives)
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("accuracy", "size_bytes", "flops", "dense_flops", "bitops", "latency_ms")
+        return {
+            "teacher": {k: self.teacher[k] for k in keys if k in self.teacher},
+            "front": [p.to_dict() for p in self.front],
+            "hypervolume": self.hypervolume,
+        }
+
+    @property
+    def has_latency(self) -> bool:
+        return any(p.latency_ms is not None for p in self.front)
+
+    @property
+    def points(self) -> list[FrontPoint]:
+        """Every complete trial, the front first (smallest first), then the others."""
+        return [*self.front, *self.others]
+
+    def x_smaller(self, p: FrontPoint) -> float:
+        return self.teacher["size_bytes"] / p.size_bytes if p.size_bytes else math.inf
+
+    def x_fewer(self, p: FrontPoint) -> float:
+        return self.teacher["flops"] / p.flops if p.flops else math.inf
+
+
+def budgets_of(config: dict[str, Any]) -> dict[str, float]:
+    """The budgets a run's stored config sets (``max_size``, ``max_flops``,
+    ``min_accuracy``), those that are numbers."""
+    out = {}
+    for key in ("max_size", "max_flops", "min_accuracy"):
+        v = number(config.get(key))
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def _point(t: Any) -> FrontPoint | None:
+    """A complete trial as a point, or None when its stored numbers are not numbers."""
+    try:
+        p = FrontPoint.of(t)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return p if _point_ok(p) and isinstance(p.plan, dict) else None
+
+
+def front_info(run: str | Path | Run) -> FrontInfo:
+    run = run if isinstance(run, Run) else open_run(run)
+    front = [p for p in pareto_front(run.study) if _point_ok(p)]
+    on_front = {p.trial for p in front}
+    others = []
+    infeasible = set()
+    counts = {"complete": 0, "failed": 0, "pruned": 0, "running": 0, "waiting": 0}
+    for t in run.study.get_trials(deepcopy=False):
+        key = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned",
+               "WAITING": "waiting"}.get(t.state.name, "running")
+        counts[key] += 1
+        if t.state.name == "COMPLETE" and t.number not in on_front:
+            p = _point(t)
+            if p is None:
+                continue
+            others.append(p)
+            if not all(c <= 0.0 for c in t.constraints.values()):
+                infeasible.add(t.number)
+    cfg = run.meta["config"]
+    objectives = tuple(o for o in cfg.get("objectives") or () if isinstance(o, str))
+    return FrontInfo(run.dir, cfg["data"], cfg["model"], run.teacher, front, others, counts,
+                     objectives or ("accuracy", "size", "flops"), budgets_of(cfg),
+                     frozenset(infeasible), run.study.study_name, run.storage is not None)
+
+
+def _point_ok(p: FrontPoint) -> bool:
+    return all(number(v) is not None for v in (p.accuracy, p.size_bytes, p.flops))
+
+
+def plan_summary(plan: dict[str, Any], sep: str = "<br>") -> str:
+    """One line per layer: ``name: s=0.70 k=1.00 r=0.50 b=4`` (every knob of plan version
+    1, then any other knob that changes the layer, e.g. ``2:4``; ``?`` for a layer whose
+    values are not valid)."""
+    from slimtune.errors import SlimtuneError
+    from slimtune.spaces.plan import LayerPlan
+
+    lines = []
+    layers = plan.get("layers")
+    for n, lp in (layers.items() if isinstance(layers, dict) else ()):
+        try:
+            values = LayerPlan.from_dict(lp)
+        except (SlimtuneError, KeyError, TypeError, ValueError, AttributeError):
+            lines.append(f"{n}: ?")
+            continue
+        parts = [k.summary(values[name]) for name, k in KNOBS.items()
+                 if k.always_stored or k.active(values[name])]
+        lines.append(f"{n}: {' '.join(parts)}")
+    t, a = number(plan.get("temperature")), number(plan.get("alpha"))
+    if t is not None and a is not None:
+        lines.append(f"T={t:.2f} alpha={a:.2f}")
+    return sep.join(lines)

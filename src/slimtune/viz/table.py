@@ -1,0 +1,84 @@
+"""The front as a table, as plain data (:func:`table_info`): ratios to the teacher,
+validation accuracy, test accuracy where a converged fine-tune (``slimtune finetune``,
+recorded in the study) or a model card measured it, and the exact export command."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from slimtune.viz.front import FrontInfo, number
+
+__all__ = ["FrontRow", "HeldOutAccuracy", "table_info", "export_command", "held_out_accuracies"]
+
+
+class HeldOutAccuracy(NamedTuple):
+    accuracy: float
+    source: str  # e.g. "finetune, 5 epochs" or "card student.json"
+
+
+class FrontRow(NamedTuple):
+    trial: int
+    size_bytes: int
+    x_smaller: float
+    flops: int
+    x_fewer: float
+    val_accuracy: float
+    val_relative: float | None  # validation accuracy / the teacher's
+    test: HeldOutAccuracy | None
+    command: str
+
+
+def export_command(run_dir: Path, trial: int, *, shared_storage: bool = False,
+                   study_name: str = "slimtune") -> str:
+    """The ``slimtune export`` command for ``trial``, quoted for a shell (a ``--storage``
+    URL is written ``URL``: it may hold a password)."""
+    cmd = f"slimtune export {shlex.quote(str(run_dir))} --trial {trial} " \
+          f"--out student-{trial}.slim"
+    if shared_storage:
+        cmd += " --storage URL"
+    if study_name != "slimtune":
+        cmd += f" --study-name {shlex.quote(study_name)}"
+    return cmd
+
+
+def held_out_accuracies(finetuned: Any, cards: list[dict[str, Any]] = ()  # type: ignore[assignment]
+                    ) -> dict[int, HeldOutAccuracy]:
+    """Trial -> the test accuracy measured on a file made from it: the latest converged
+    fine-tune the study records (its ``finetuned`` attribute), else a model card's (the
+    cards of ``cards`` are read in order, a later one wins)."""
+    out: dict[int, HeldOutAccuracy] = {}
+    for card in cards:
+        trial, acc = card.get("trial"), number(card.get("test_accuracy"))
+        if isinstance(trial, int) and not isinstance(trial, bool) and acc is not None:
+            tune = card.get("finetune")
+            how = (f"finetune, {tune.get('epochs')} epochs" if isinstance(tune, dict)
+                   else "exported")
+            out[trial] = HeldOutAccuracy(acc, f"model card ({how})")
+    if isinstance(finetuned, dict):
+        for key, records in finetuned.items():
+            if not (isinstance(key, str) and key.isdigit() and isinstance(records, list)):
+                continue
+            for r in records:
+                acc = number(r.get("test_accuracy")) if isinstance(r, dict) else None
+                if acc is not None:
+                    epochs = number(r.get("epochs"))
+                    out[int(key)] = HeldOutAccuracy(
+                        acc, f"slimtune finetune, {epochs:g} epochs" if epochs is not None
+                        else "slimtune finetune")
+    return out
+
+
+def table_info(front: FrontInfo, tests: dict[int, HeldOutAccuracy] | None = None
+               ) -> list[FrontRow]:
+    """One row per front point, smallest first."""
+    t = front.teacher
+    tests = tests or {}
+    return [FrontRow(p.trial, p.size_bytes, front.x_smaller(p), p.flops, front.x_fewer(p),
+                     p.accuracy, p.accuracy / t["accuracy"] if t["accuracy"] else None,
+                     tests.get(p.trial),
+                     export_command(front.run_dir, p.trial,
+                                    shared_storage=front.shared_storage,
+                                    study_name=front.study_name))
+            for p in front.front]
