@@ -23,10 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["search", "resume", "front", "front_info", "suggested_export", "report", "export",
            "finetune", "evaluate", "load", "train"]
 
-#: the accuracy, relative to the teacher's, that the suggested export point keeps
-SUGGEST_KEEP = 0.95
-
-
 def search(
     config: SearchConfig | None = None, events: SearchEvents | None = None, *,
     trust_module: str | list[str] | None = None, **options: Any,
@@ -70,17 +66,10 @@ def front_info(run_dir: str | Path, *, storage: str | None = None,
 def suggested_export(info: FrontInfo) -> dict[str, Any] | None:
     """The front point to export when you have no rule of your own: the smallest keeping
     95 % of the teacher's validation accuracy, else the most accurate. ``{"trial": n,
-    "why": "..."}``, or None for an empty front."""
-    if not info.front:
-        return None
-    keep = [p for p in info.front if p.accuracy >= SUGGEST_KEEP * info.teacher["accuracy"]]
-    if keep:
-        pick = min(keep, key=lambda p: p.size_bytes)
-        why = f"the smallest keeping {SUGGEST_KEEP * 100:g} % of the teacher's accuracy"
-    else:
-        pick = max(info.front, key=lambda p: p.accuracy)
-        why = "the most accurate"
-    return {"trial": pick.trial, "why": why}
+    "why": "..."}``, or None for an empty front (:func:`slimtune.viz.front.suggested`)."""
+    from slimtune.viz.front import suggested
+
+    return suggested(info)
 
 
 def front(run: str | Path | FrontInfo, *, storage: str | None = None,

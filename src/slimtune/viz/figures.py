@@ -236,7 +236,7 @@ def plan_heatmap(plans: PlanInfo, columns: list[int]) -> Any:
                      "the front points, smallest first; click one to select it)"),
         template=_TEMPLATE, clickmode="event",
         coloraxis=dict(colorscale="Blues", cmin=0, cmax=1,
-                       colorbar=dict(title=dict(text="compression<br>(0 = spared)"),
-                                     thickness=12)),
+                       colorbar=dict(title=dict(text="compression (0 = the layer spared)",
+                                                side="right"), thickness=12)),
         height=90 + n * (40 + 22 * len(layers)), margin=dict(t=70, r=20, b=40))
     return fig

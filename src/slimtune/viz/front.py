@@ -14,7 +14,11 @@ from slimtune.knobs import KNOBS
 from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.study import Run, open_run
 
-__all__ = ["FrontInfo", "front_info", "plan_summary", "budgets_of", "number"]
+__all__ = ["FrontInfo", "front_info", "plan_summary", "budgets_of", "number", "suggested",
+           "SUGGEST_KEEP"]
+
+#: the accuracy, relative to the teacher's, that the suggested export point keeps
+SUGGEST_KEEP = 0.95
 
 
 def number(value: Any) -> float | None:
@@ -113,6 +117,22 @@ def front_info(run: str | Path | Run) -> FrontInfo:
     return FrontInfo(run.dir, cfg["data"], cfg["model"], run.teacher, front, others, counts,
                      objectives or ("accuracy", "size", "flops"), budgets_of(cfg),
                      frozenset(infeasible), run.study.study_name, run.storage is not None)
+
+
+def suggested(info: FrontInfo) -> dict[str, Any] | None:
+    """The front point to export when you have no rule of your own: the smallest keeping
+    :data:`SUGGEST_KEEP` of the teacher's validation accuracy, else the most accurate.
+    ``{"trial": n, "why": "..."}``, or None for an empty front."""
+    if not info.front:
+        return None
+    keep = [p for p in info.front if p.accuracy >= SUGGEST_KEEP * info.teacher["accuracy"]]
+    if keep:
+        pick = min(keep, key=lambda p: p.size_bytes)
+        why = f"the smallest keeping {SUGGEST_KEEP * 100:g} % of the teacher's accuracy"
+    else:
+        pick = max(info.front, key=lambda p: p.accuracy)
+        why = "the most accurate"
+    return {"trial": pick.trial, "why": why}
 
 
 def _point_ok(p: FrontPoint) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+import shlex
 import time
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, NamedTuple
 from slimtune import __version__
 from slimtune.search.study import Run, open_run
 from slimtune.viz import figures
-from slimtune.viz.front import FrontInfo, front_info
+from slimtune.viz.front import FrontInfo, front_info, suggested
 from slimtune.viz.history import HistoryInfo, history_info
 from slimtune.viz.plans import PlanInfo, plan_info
 from slimtune.viz.table import FrontRow, HeldOutAccuracy, held_out_accuracies, table_info
@@ -65,12 +66,10 @@ def read_cards(paths: list[str | Path], run_dir: Path) -> list[dict[str, Any]]:
 def report_info(run: str | Path | Run, cards: list[dict[str, Any]] = ()  # type: ignore[assignment]
                 ) -> ReportInfo:
     """Everything the report shows, as plain data."""
-    from slimtune.api import suggested_export
-
     run = run if isinstance(run, Run) else open_run(run)
     front = front_info(run)
     tests = held_out_accuracies(run.study.user_attrs.get("finetuned"), list(cards))
-    pick = suggested_export(front)
+    pick = suggested(front)
     return ReportInfo(front, history_info(run, front), plan_info(front, run.meta.get("layers")),
                       table_info(front, tests), tests,
                       pick["trial"] if pick else None, pick["why"] if pick else None)
@@ -199,6 +198,22 @@ def _summary_html(info: ReportInfo) -> str:
         "column or table row to select it in every view.</p>")
 
 
+def _footer_html(f: FrontInfo) -> str:
+    """How to open the same study in Optuna's own tools."""
+    from slimtune.search.storage import storage_url
+
+    if f.shared_storage:
+        url = "URL"
+    else:  # read-only: the dashboard can neither write to the study nor leave files
+        url = shlex.quote(storage_url(f.run_dir.resolve(), read_only=True))
+    name = "" if f.study_name == "slimtune" else f" (study {html.escape(f.study_name)})"
+    return ("<p>The same study in Optuna's own tools" + name + ": "
+            f"<code>optuna-dashboard {html.escape(url)}</code> (read-only; install it with "
+            "the Optuna version of this run) or "
+            "<code>optuna.visualization.plot_pareto_front(study)</code>; see the README."
+            "</p>")
+
+
 def page(info: ReportInfo) -> str:
     """The report as one HTML document."""
     import plotly.offline
@@ -236,9 +251,7 @@ slimtune {html.escape(__version__)}</p>{_summary_html(info)}</header>
 <div id="selection-body"><p>Click a point in any view.</p></div></section>
 <main>{divs}</main>
 <section id="table"><h2>The Pareto front</h2>{_table_html(info)}</section>
-<footer><p>Open the same study in Optuna's own tools (read-only, from a copy or once the
-search has finished): <code>optuna-dashboard sqlite:///{html.escape(str(f.run_dir))}/study.db</code>
-or <code>optuna.visualization.plot_pareto_front(study)</code>; see the README.</p></footer>
+<footer>{_footer_html(f)}</footer>
 <script type="application/json" id="slimtune-data">{_json(data)}</script>
 <script>{js}</script>
 </body></html>
