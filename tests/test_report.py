@@ -18,6 +18,7 @@ from slimtune.errors import RunDirError
 from slimtune.search.pareto import hypervolume
 from slimtune.search.study import create_study, open_run
 from slimtune.viz import front_info, history_info, plan_info, report_info, table_info
+from slimtune.viz.plans import plans_of
 from slimtune.viz.report import page, read_cards, write_report
 from slimtune.viz.table import export_command, held_out_accuracies
 
@@ -88,7 +89,7 @@ def test_front_info_separates_front_dominated_and_over_budget(run_dir):
 def test_history_follows_finishing_order_with_phases_and_epochs(run_dir):
     run = open_run(run_dir)
     info = front_info(run)
-    hist = history_info(run, info)
+    hist = history_info(run)
     ev = hist.events
     assert [e.trial for e in ev] == [1, 0, 2, 4, 3, 5]  # by finishing time, not number
     assert [e.order for e in ev] == [1, 2, 3, 4, 5, 6]
@@ -116,7 +117,7 @@ def test_enqueued_plans_of_an_older_run_are_the_warm_start(tmp_path):
     _add(study, 1, 0.8, 9_000, 5_000, system_attrs={"fixed_params": {"x": 0.5}})
     _add(study, 2, 0.7, 5_000, 2_000)
     run = open_run(d)
-    assert [e.phase for e in history_info(run, front_info(run)).events] == [
+    assert [e.phase for e in history_info(run).events] == [
         "warm start", "sampler"]
 
 
@@ -134,8 +135,7 @@ def test_history_of_a_multi_fidelity_run_counts_the_screening_jobs(tmp_path):
     _add(study, 3, 0.7, 9_000, 5_000, epochs=1, state=optuna.trial.TrialState.PRUNED,
          plan_id=0, rung=1)
     _add(study, 4, 0.8, 9_000, 5_000, epochs=2, plan_id=0, rung=2)
-    run = open_run(d)
-    hist = history_info(run, front_info(run))
+    hist = history_info(d)
     assert [(e.trial, e.rung, e.phase, e.epochs) for e in hist.events] == [
         (None, 0, "one-shot", 0), (None, 0, "sampler", 0), (0, 1, "one-shot", 1),
         (1, 2, "one-shot", 3)]
@@ -144,8 +144,7 @@ def test_history_of_a_multi_fidelity_run_counts_the_screening_jobs(tmp_path):
 
 
 def test_plan_info_shows_strengths_and_the_teacher_spares_everything(run_dir):
-    info = front_info(run_dir)
-    plans = plan_info(info, LAYERS)
+    plans = plan_info(run_dir)
     assert plans.layers == LAYERS
     assert plans.knobs == ["sparsity", "keep_ratio", "rank_ratio", "bits"]  # no 2:4 used
     assert plans.labels == ["sparsity", "channels kept", "rank kept", "bits"]
@@ -162,14 +161,13 @@ def test_plan_info_shows_an_opt_in_knob_once_a_point_uses_it(run_dir):
     info = front_info(run_dir)
     p = info.front[0]
     used = dataclasses.replace(p, plan=_plan(0.5, 4, two_four=True))
-    plans = plan_info(info._replace(front=[used, *info.front[1:]]), LAYERS)
+    plans = plans_of(info._replace(front=[used, *info.front[1:]]), LAYERS)
     assert plans.knobs[-1] == "two_four" and plans.labels[-1] == "2:4"
     assert plans.points[used.trial].text[0][-1] == "on"
 
 
 def test_table_has_ratios_test_accuracy_and_the_export_command(run_dir):
-    info = front_info(run_dir)
-    rows = table_info(info, held_out_accuracies(open_run(run_dir).study.user_attrs["finetuned"]))
+    rows = table_info(run_dir)
     by = {r.trial: r for r in rows}
     assert by[2].x_smaller == pytest.approx(8.0) and by[2].x_fewer == pytest.approx(10 / 3)
     assert by[2].test.accuracy == 0.83 and "finetune, 5 epochs" in by[2].test.source
@@ -280,6 +278,52 @@ def test_unreadable_plan_values_are_shown_as_unknown(run_dir):
     page(info)  # still draws
 
 
+def test_a_latency_run_gets_a_latency_view_and_a_trial_without_latency_is_left_out(tmp_path):
+    d = tmp_path / "lat"
+    d.mkdir()
+    study = create_study(d, optuna.samplers.RandomSampler(seed=0),
+                         metrics=["accuracy", "size_bytes", "flops", "latency_ms"],
+                         directions=["maximize", "minimize", "minimize", "minimize"])
+    meta = _meta()
+    meta["config"]["objectives"] = ["accuracy", "size", "flops", "latency"]
+    meta["teacher"]["latency_ms"] = 2.0
+    study.set_user_attr("slimtune", meta)
+    for i, (acc, lat) in enumerate(((0.8, 0.5), (0.7, 0.3), (0.6, None))):
+        t = study.ask()
+        attrs = {"val_accuracy": acc, "size_bytes": 9_000 - 1_000 * i, "flops": 5_000 - i,
+                 "plan": _plan(), "epochs_trained": 1}
+        if lat is not None:
+            attrs["latency_ms"] = lat
+        for k, v in attrs.items():
+            t.set_user_attr(k, v)
+        study.tell(t, [acc, attrs["size_bytes"], attrs["flops"], lat or 0.1])
+    info = report_info(d)
+    assert info.front.objectives == ("accuracy", "size", "flops", "latency")
+    data = _data(page(info))
+    views = {v["id"]: v for v in data["views"]}
+    assert list(views) == ["fig-size", "fig-macs", "fig-3d", "fig-latency", "fig-history",
+                           "fig-plan"]
+    lat = views["fig-latency"]["figure"]
+    front = next(t for t in lat["data"] if t["name"] == "Pareto front")
+    assert front["x"] == [0.3, 0.5] and "latency" in lat["layout"]["xaxis"]["title"]["text"]
+    assert data["points"]["0"]["latency_ms"] == 0.5
+    assert "2" not in data["points"]  # it lacks an objective: no place on the front
+
+
+def test_a_run_without_a_finished_trial_still_has_a_report(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    study = create_study(d, optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr("slimtune", _meta())
+    _add(study, 1, 0.5, 9_000, 5_000, state=optuna.trial.TrialState.FAIL)
+    info = report_info(d)
+    assert info.front.front == [] and info.selected is None and info.table == []
+    data = _data(page(info))
+    assert [v["id"] for v in data["views"]] == ["fig-size", "fig-macs", "fig-3d",
+                                               "fig-history"]  # no plan to draw
+    assert [e.state for e in info.history.events] == ["failed"]
+
+
 def test_report_cli_writes_the_page_and_refuses_a_non_run(run_dir, tmp_path, capsys):
     out = tmp_path / "r.html"
     with pytest.raises(SystemExit) as exc:
@@ -305,3 +349,10 @@ def test_the_study_opens_in_optunas_own_pareto_plot_with_readable_names(run_dir)
     titles = [fig.layout.scene.xaxis.title.text, fig.layout.scene.yaxis.title.text,
               fig.layout.scene.zaxis.title.text]
     assert titles == ["accuracy", "size_bytes", "flops"]
+
+
+def test_a_point_with_no_macs_left_has_no_ratio_but_a_page(run_dir):
+    study = optuna.load_study(study_name="slimtune", storage=f"sqlite:///{run_dir}/study.db")
+    _add(study, 7, 0.1, 100, 0)  # every multiply pruned: "infinitely" fewer MACs
+    data = _data(page(report_info(run_dir)))
+    assert data["points"]["6"]["x_fewer"] is None and data["points"]["6"]["front"]

@@ -62,6 +62,7 @@ def _traces(info: FrontInfo, keys: list[str], three_d: bool) -> list[Any]:
     small = 0.7 if three_d else 1.0
     dominated = [p for p in info.others if p.trial not in info.infeasible]
     over = [p for p in info.others if p.trial in info.infeasible]
+    front = info.front
     colour_key = "flops" if keys[0] != "flops" else "size_bytes"
     out = []
     for name, pts, marker in (
@@ -74,7 +75,7 @@ def _traces(info: FrontInfo, keys: list[str], three_d: bool) -> list[Any]:
                                text=[_hover(info, p, False) for p in pts],
                                hovertemplate="%{text}<extra></extra>",
                                **_trace_points(info, pts, keys)))
-    colours = [math.log10(max(p.metric(colour_key), 1)) for p in info.front]
+    colours = [math.log10(max(p.metric(colour_key), 1)) for p in front]
     out.append(Scatter(
         mode="markers", name="Pareto front",
         marker=dict(size=11 * small, color=colours, colorscale="Viridis",
@@ -82,8 +83,8 @@ def _traces(info: FrontInfo, keys: list[str], three_d: bool) -> list[Any]:
                     colorbar=dict(title=dict(text="log10 " + (
                         "MACs" if colour_key == "flops" else "bytes")), thickness=12),
                     showscale=not three_d),
-        text=[_hover(info, p, True) for p in info.front],
-        hovertemplate="%{text}<extra></extra>", **_trace_points(info, info.front, keys)))
+        text=[_hover(info, p, True) for p in front],
+        hovertemplate="%{text}<extra></extra>", **_trace_points(info, front, keys)))
     teacher = {"xyz"[i]: [float(info.teacher.get(k, 0) or 0)] for i, k in enumerate(keys)}
     out.append(Scatter(mode="markers", name="teacher (uncompressed)",
                        marker=dict(symbol="diamond" if three_d else "star", size=16 * small,

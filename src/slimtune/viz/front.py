@@ -15,7 +15,7 @@ from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
 from slimtune.search.study import Run, open_run
 
 __all__ = ["FrontInfo", "front_info", "plan_summary", "budgets_of", "number", "suggested",
-           "SUGGEST_KEEP"]
+           "SUGGEST_KEEP", "as_run"]
 
 #: the accuracy, relative to the teacher's, that the suggested export point keeps
 SUGGEST_KEEP = 0.95
@@ -85,18 +85,31 @@ def budgets_of(config: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _point(t: Any) -> FrontPoint | None:
+def _point(t: Any, metrics: list[str]) -> FrontPoint | None:
     """A complete trial as a point, or None when its stored numbers are not numbers."""
     try:
         p = FrontPoint.of(t)
     except (KeyError, TypeError, ValueError):
         return None
-    return p if _point_ok(p) and isinstance(p.plan, dict) else None
+    return p if _point_ok(p, metrics) and isinstance(p.plan, dict) else None
+
+
+def as_run(run: str | Path | Run) -> Run:
+    """``run``, opened read-only if it is a run directory's path."""
+    return run if isinstance(run, Run) else open_run(run)
 
 
 def front_info(run: str | Path | Run) -> FrontInfo:
-    run = run if isinstance(run, Run) else open_run(run)
-    front = [p for p in pareto_front(run.study) if _point_ok(p)]
+    """The front of ``run`` and every other complete trial. A trial that lacks a number
+    of the run's objectives (a study made by hand) is left out."""
+    from slimtune.objectives.table import objectives_of
+
+    run = as_run(run)
+    cfg = run.meta["config"]
+    objectives = tuple(o for o in cfg.get("objectives") or () if isinstance(o, str)) \
+        or ("accuracy", "size", "flops")
+    metrics = [o.metric for o in objectives_of(objectives)]
+    front = [p for p in pareto_front(run.study) if _point_ok(p, metrics)]
     on_front = {p.trial for p in front}
     others = []
     infeasible = set()
@@ -106,16 +119,14 @@ def front_info(run: str | Path | Run) -> FrontInfo:
                "WAITING": "waiting"}.get(t.state.name, "running")
         counts[key] += 1
         if t.state.name == "COMPLETE" and t.number not in on_front:
-            p = _point(t)
+            p = _point(t, metrics)
             if p is None:
                 continue
             others.append(p)
             if not all(c <= 0.0 for c in t.constraints.values()):
                 infeasible.add(t.number)
-    cfg = run.meta["config"]
-    objectives = tuple(o for o in cfg.get("objectives") or () if isinstance(o, str))
     return FrontInfo(run.dir, cfg["data"], cfg["model"], run.teacher, front, others, counts,
-                     objectives or ("accuracy", "size", "flops"), budgets_of(cfg),
+                     objectives, budgets_of(cfg),
                      frozenset(infeasible), run.study.study_name, run.storage is not None)
 
 
@@ -135,8 +146,12 @@ def suggested(info: FrontInfo) -> dict[str, Any] | None:
     return {"trial": pick.trial, "why": why}
 
 
-def _point_ok(p: FrontPoint) -> bool:
-    return all(number(v) is not None for v in (p.accuracy, p.size_bytes, p.flops))
+def _point_ok(p: FrontPoint, metrics: list[str]) -> bool:
+    try:
+        return all(number(p.metric(m)) is not None
+                   for m in dict.fromkeys(["accuracy", "size_bytes", "flops", *metrics]))
+    except KeyError:
+        return False
 
 
 def plan_summary(plan: dict[str, Any], sep: str = "<br>") -> str:

@@ -11,6 +11,7 @@ spend no epoch and move no hypervolume, but they are most of the jobs).
 from __future__ import annotations
 
 import datetime
+from pathlib import Path
 from typing import NamedTuple
 
 import optuna
@@ -20,7 +21,7 @@ from slimtune.objectives.dominance import nondominated
 from slimtune.objectives.table import objectives_of
 from slimtune.search.pareto import FrontPoint, hypervolume
 from slimtune.search.study import Run
-from slimtune.viz.front import FrontInfo, number
+from slimtune.viz.front import FrontInfo, as_run, front_info, number
 
 __all__ = ["HistoryEvent", "HistoryInfo", "history_info", "PHASES", "phase_of"]
 
@@ -108,10 +109,13 @@ def _state(t: FrozenTrial) -> str:
     return "complete" if t.state == TrialState.COMPLETE else "pruned"
 
 
-def history_info(run: Run, front: FrontInfo) -> HistoryInfo:
+def history_info(run: str | Path | Run, front: FrontInfo | None = None) -> HistoryInfo:
     """Every finished job of ``run`` in the order it finished, with the hypervolume of the
     front after it (as :attr:`FrontInfo.hypervolume` counts it: feasible trials only, the
-    run's objectives; linear axes, and costs in decades)."""
+    run's objectives; linear axes, and costs in decades). ``front``: the run's
+    :func:`front_info` when already read."""
+    run = as_run(run)
+    front = front or front_info(run)
     main = run.study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in main}
     screen = _screen_study(run)

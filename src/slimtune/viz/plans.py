@@ -5,13 +5,15 @@ shows at a glance which layers the search spares."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from slimtune.errors import SlimtuneError
 from slimtune.knobs import KNOBS
-from slimtune.viz.front import FrontInfo, number
+from slimtune.search.study import Run
+from slimtune.viz.front import FrontInfo, as_run, front_info, number
 
-__all__ = ["PointPlan", "PlanInfo", "plan_info", "value_text"]
+__all__ = ["PointPlan", "PlanInfo", "plan_info", "plans_of", "value_text"]
 
 
 class PointPlan(NamedTuple):
@@ -79,9 +81,17 @@ def _point_plan(trial: int | None, plan: dict[str, Any], layers: list[str],
                      number(plan.get("alpha")))
 
 
-def plan_info(front: FrontInfo, meta_layers: Any = None) -> PlanInfo:
-    """The per-layer plan of every complete trial of ``front``'s run and of the teacher.
-    The knobs shown: those every plan stores, and any other one a point uses."""
+def plan_info(run: str | Path | Run, front: FrontInfo | None = None) -> PlanInfo:
+    """The per-layer plan of every complete trial of ``run`` and of the teacher, layers
+    in the model's order. ``front``: the run's :func:`front_info` when already read."""
+    run = as_run(run)
+    return plans_of(front or front_info(run), run.meta.get("layers"))
+
+
+def plans_of(front: FrontInfo, meta_layers: Any = None) -> PlanInfo:
+    """The per-layer plan of every point of ``front`` and of the teacher, over the layers
+    ``meta_layers`` (the study's list). The knobs shown: those every plan stores, and any
+    other one a point uses."""
     points = front.points
     plans = [p.plan for p in points]
     layers = _layers(meta_layers, plans)

@@ -66,13 +66,14 @@
     const where = p.front ? "on the Pareto front"
       : p.infeasible ? "over a budget (infeasible)" : "dominated (off the front)";
     body.append(el("p", { class: "headline" }, el("b", {}, "trial " + p.trial), " · " + where));
+    const ratio = (x, digits, what) => (x === null ? "" : " (" + fmt(x, digits) + "× " + what + ")");
     const stats = [
-      ["size on disk", p.size_bytes.toLocaleString("en") + " B (" + fmt(p.x_smaller, 1) + "× smaller)"],
-      ["effective MACs", p.flops.toLocaleString("en") + " (" + fmt(p.x_fewer, 2) + "× fewer)"],
+      ["size on disk", p.size_bytes.toLocaleString("en") + " B" + ratio(p.x_smaller, 1, "smaller")],
+      ["effective MACs", p.flops.toLocaleString("en") + ratio(p.x_fewer, 2, "fewer")],
       ["validation accuracy", fmt(p.accuracy, 4) + (p.relative === null ? "" :
         " (" + fmt(100 * p.relative, 1) + " % of the teacher's)")],
       ["test accuracy", p.test ? fmt(p.test[0], 4) + " (" + p.test[1] + ")" :
-        "not measured (export or finetune measures it)"],
+        "not measured (slimtune finetune, or report --card of an exported file)"],
     ];
     if (p.latency_ms !== null) stats.push(["latency", fmt(p.latency_ms, 3) + " ms"]);
     if (p.distill && p.distill[0] !== null) {

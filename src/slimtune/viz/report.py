@@ -19,12 +19,18 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from slimtune import __version__
-from slimtune.search.study import Run, open_run
+from slimtune.search.study import Run
 from slimtune.viz import figures
-from slimtune.viz.front import FrontInfo, front_info, suggested
+from slimtune.viz.front import FrontInfo, as_run, front_info, number, suggested
 from slimtune.viz.history import HistoryInfo, history_info
 from slimtune.viz.plans import PlanInfo, plan_info
-from slimtune.viz.table import FrontRow, HeldOutAccuracy, held_out_accuracies, table_info
+from slimtune.viz.table import (
+    FrontRow,
+    HeldOutAccuracy,
+    export_command,
+    held_out_accuracies,
+    rows_of,
+)
 
 __all__ = ["ReportInfo", "report_info", "write_report", "REPORT_NAME", "read_cards"]
 
@@ -66,12 +72,12 @@ def read_cards(paths: list[str | Path], run_dir: Path) -> list[dict[str, Any]]:
 def report_info(run: str | Path | Run, cards: list[dict[str, Any]] = ()  # type: ignore[assignment]
                 ) -> ReportInfo:
     """Everything the report shows, as plain data."""
-    run = run if isinstance(run, Run) else open_run(run)
+    run = as_run(run)
     front = front_info(run)
     tests = held_out_accuracies(run.study.user_attrs.get("finetuned"), list(cards))
     pick = suggested(front)
-    return ReportInfo(front, history_info(run, front), plan_info(front, run.meta.get("layers")),
-                      table_info(front, tests), tests,
+    return ReportInfo(front, history_info(run, front), plan_info(run, front),
+                      rows_of(front, tests), tests,
                       pick["trial"] if pick else None, pick["why"] if pick else None)
 
 
@@ -130,8 +136,6 @@ def _point_data(info: ReportInfo) -> dict[str, Any]:
     f, out = info.front, {}
     on_front = {p.trial for p in f.front}
     rows = {r.trial: r for r in info.table}
-    from slimtune.viz.table import export_command
-
     history = {e.trial: [e.order, e.epochs, e.hypervolume] for e in info.history.events
                if e.trial is not None and e.state == "complete"}
     for p in f.points:
@@ -142,7 +146,7 @@ def _point_data(info: ReportInfo) -> dict[str, Any]:
             "infeasible": p.trial in f.infeasible,
             "size_bytes": p.size_bytes, "flops": p.flops, "accuracy": p.accuracy,
             "latency_ms": p.latency_ms,
-            "x_smaller": f.x_smaller(p), "x_fewer": f.x_fewer(p),
+            "x_smaller": number(f.x_smaller(p)), "x_fewer": number(f.x_fewer(p)),
             "relative": p.accuracy / f.teacher["accuracy"] if f.teacher["accuracy"] else None,
             "test": [test.accuracy, test.source] if test else None,
             "command": rows[p.trial].command if p.trial in rows else export_command(

@@ -8,9 +8,11 @@ import shlex
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from slimtune.viz.front import FrontInfo, number
+from slimtune.search.study import Run
+from slimtune.viz.front import FrontInfo, as_run, front_info, number
 
-__all__ = ["FrontRow", "HeldOutAccuracy", "table_info", "export_command", "held_out_accuracies"]
+__all__ = ["FrontRow", "HeldOutAccuracy", "table_info", "rows_of", "export_command",
+           "held_out_accuracies"]
 
 
 class HeldOutAccuracy(NamedTuple):
@@ -70,11 +72,21 @@ def held_out_accuracies(finetuned: Any, cards: list[dict[str, Any]] = ()  # type
     return out
 
 
-def table_info(front: FrontInfo, tests: dict[int, HeldOutAccuracy] | None = None
+def table_info(run: str | Path | Run, front: FrontInfo | None = None,
+               cards: list[dict[str, Any]] = ()  # type: ignore[assignment]
                ) -> list[FrontRow]:
-    """One row per front point, smallest first."""
+    """One row per front point of ``run``, smallest first; test accuracy from the study's
+    fine-tunes and the model ``cards`` given (:func:`held_out_accuracies`). ``front``:
+    the run's :func:`front_info` when already read."""
+    run = as_run(run)
+    front = front or front_info(run)
+    return rows_of(front, held_out_accuracies(run.study.user_attrs.get("finetuned"),
+                                              list(cards)))
+
+
+def rows_of(front: FrontInfo, tests: dict[int, HeldOutAccuracy]) -> list[FrontRow]:
+    """The table's rows for ``front`` with the test accuracies ``tests``."""
     t = front.teacher
-    tests = tests or {}
     return [FrontRow(p.trial, p.size_bytes, front.x_smaller(p), p.flops, front.x_fewer(p),
                      p.accuracy, p.accuracy / t["accuracy"] if t["accuracy"] else None,
                      tests.get(p.trial),
