@@ -28,7 +28,6 @@ AXES = {
 }
 _PHASE_COLOURS = {"uniform": "#1f77b4", "guided": "#2ca02c", "one-shot": "#17becf",
                   "warm start": "#1f77b4", "user": "#9467bd", "sampler": "#ff7f0e"}
-_FRONT = "#d62728"
 _TEMPLATE = "plotly_white"
 
 
@@ -49,9 +48,9 @@ def _hover(info: FrontInfo, p: FrontPoint, plan: bool) -> str:
     return "<br>".join(lines)
 
 
-def _trace_points(info: FrontInfo, points: list[FrontPoint], keys: list[str]) -> dict[str, Any]:
-    axes = "xyz"
-    return {**{axes[i]: [p.metric(k) for p in points] for i, k in enumerate(keys)},
+def _coordinates(points: list[FrontPoint], keys: list[str]) -> dict[str, Any]:
+    """x (y, z) = the metrics ``keys`` of ``points``; customdata = their trial numbers."""
+    return {**{"xyz"[i]: [p.metric(k) for p in points] for i, k in enumerate(keys)},
             "customdata": [p.trial for p in points]}
 
 
@@ -74,7 +73,7 @@ def _traces(info: FrontInfo, keys: list[str], three_d: bool) -> list[Any]:
             out.append(Scatter(mode="markers", name=name, marker=marker,
                                text=[_hover(info, p, False) for p in pts],
                                hovertemplate="%{text}<extra></extra>",
-                               **_trace_points(info, pts, keys)))
+                               **_coordinates(pts, keys)))
     colours = [math.log10(max(p.metric(colour_key), 1)) for p in front]
     out.append(Scatter(
         mode="markers", name="Pareto front",
@@ -84,7 +83,7 @@ def _traces(info: FrontInfo, keys: list[str], three_d: bool) -> list[Any]:
                         "MACs" if colour_key == "flops" else "bytes")), thickness=12),
                     showscale=not three_d),
         text=[_hover(info, p, True) for p in front],
-        hovertemplate="%{text}<extra></extra>", **_trace_points(info, front, keys)))
+        hovertemplate="%{text}<extra></extra>", **_coordinates(front, keys)))
     teacher = {"xyz"[i]: [float(info.teacher.get(k, 0) or 0)] for i, k in enumerate(keys)}
     out.append(Scatter(mode="markers", name="teacher (uncompressed)",
                        marker=dict(symbol="diamond" if three_d else "star", size=16 * small,
