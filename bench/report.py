@@ -85,7 +85,8 @@ def main() -> None:
     data = len(html[start:html.index("</script>", start)].encode())
     f = info.front
     doc = {
-        "command": f"python bench/report.py --run-dir {args.run_dir} --repeats {args.repeats}",
+        "command": f"python bench/report.py --run-dir {os.path.relpath(args.run_dir, ROOT)} "
+                   f"--repeats {args.repeats}",
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                  capture_output=True, text=True).stdout.strip(),
         "machine": f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
