@@ -253,6 +253,27 @@ def test_report_in_a_real_browser(run, browser, tmp_path):
     heat = browser.execute_script(
         "return document.getElementById('fig-plan').layout.shapes.length")
     assert heat == browser.execute_script("return window.slimtune.data.views[4].knobs")
+
+    # a heatmap column selects its point too: click the first layer's cell of the column
+    # of the front's first point (the teacher's column is 0)
+    target = trials[0] if trials[0] != trials[pick] else trials[-1]
+    column = browser.execute_script(
+        "return window.slimtune.data.views[4].columns.indexOf(arguments[0]) + 1", target)
+    dx, dy = browser.execute_script(
+        "const l = document.getElementById('fig-plan')._fullLayout;"
+        "return [l.xaxis.l2p(arguments[0]) - l.xaxis._length / 2,"
+        "        l.yaxis.l2p(0) - l.yaxis._length / 2];", column)
+    cells = browser.find_element(By.CSS_SELECTOR, "#fig-plan .nsewdrag")  # the first knob's
+    ActionChains(browser).move_to_element_with_offset(cells, int(dx), int(dy)).pause(0.3) \
+        .click().perform()
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script("return window.slimtune.selected()") == target)
+    assert f"--trial {target} " in browser.find_element(By.ID, "export-command").text
+
+    # and so does a row of the table
+    browser.find_element(By.CSS_SELECTOR, f"#front-table tr[data-trial='{trials[pick]}']") \
+        .click()
+    assert browser.execute_script("return window.slimtune.selected()") == trials[pick]
     assert console_errors(browser) == []
     browser.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "report.png").stat().st_size > 10_000
