@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from slimtune.search.events import SearchEvents, SearchResult
     from slimtune.viz.front import FrontInfo
 
-__all__ = ["search", "resume", "front", "front_info", "suggested_export", "report", "export",
+__all__ = ["search", "resume", "front", "front_info", "suggested_export", "report", "space",
+           "export",
            "finetune", "evaluate", "load", "train"]
 
 def search(
@@ -98,6 +99,25 @@ def report(run_dir: str | Path, out: str | Path | None = None, *,
 
     run = open_run(run_dir, storage=storage, study_name=study_name)
     return write_report(report_info(run, read_cards(list(cards), run.dir)), out)
+
+
+def space(model: str, data: str, *, pruning: str = "both", knobs: tuple[str, ...] = (),
+          data_dir: str | Path | None = None,
+          trust_module: str | list[str] | None = None) -> str:
+    """The default search space of ``model`` on ``data`` as an editable space file (YAML
+    text for ``search --space``): a rule per layer with its shape, weights and MACs."""
+    from slimtune.data.datasets import load_dataset
+    from slimtune.models.zoo import build_model
+    from slimtune.spaces.space import SearchSpace
+    from slimtune.spaces.template import space_template
+    from slimtune.trust import Trust
+
+    SearchSpace(layers=(), pruning=pruning, knobs=tuple(knobs))  # the options, checked
+    trust = Trust.of(trust_module).with_names(model, data)  # names the caller gives
+    ds = load_dataset(data, data_dir, trust=trust)
+    net = build_model(model, ds.num_classes, ds.input_shape, trust=trust)
+    return space_template(net, ds.input_shape, pruning, tuple(knobs),
+                          title=f"{model} on {data}")
 
 
 def export(

@@ -108,6 +108,10 @@ def cli() -> None:
 @click.option("--knob", "knobs", multiple=True, metavar="NAME",
               help=f"Also search the opt-in per-layer knob NAME (repeatable): "
                    f"{', '.join(_OPT_IN)}.")
+@click.option("--space", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="A search-space file (YAML or JSON): per-layer rules by name or `re:` "
+                   "regex, each knob's range, choices or value, or `skip: true`; "
+                   "`slimtune space` prints a template.")
 @click.option("--objectives", default=",".join(_D.objectives), show_default=True,
               help=f"Comma-separated objectives from {','.join(OBJECTIVES)}.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
@@ -472,6 +476,34 @@ def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | N
         click.echo(json.dumps(front_doc(info), indent=2))
     else:
         _print_front(run_dir, storage, study_name, html_path)
+
+
+@cli.command()
+@click.option("--model", default=_D.model, show_default=True, help="Model name.")
+@click.option("--data", default=_D.data, show_default=True, help="Dataset name.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None)
+@click.option("--pruning", type=click.Choice(list(PRUNING_MODES)), default=_D.pruning,
+              show_default=True)
+@click.option("--knob", "knobs", multiple=True, metavar="NAME",
+              help=f"Also list the opt-in knob NAME (repeatable): {', '.join(_OPT_IN)}.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write the file here instead of printing it.")
+def space(model: str, data: str, data_dir: Path | None, pruning: str,
+          knobs: tuple[str, ...], out: Path | None) -> None:
+    """Print the default search space of a model as an editable space file for
+    `search --space`: a rule per layer (shape, weights and MACs in a comment) with every
+    knob at its default range."""
+    from slimtune.api import space as template
+
+    text = template(model, data, pruning=pruning, knobs=knobs, data_dir=data_dir)
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    from slimtune.files import write_atomic
+
+    write_atomic(out, text.encode("utf-8"), "--out")
+    err.print(f"wrote {out}: edit it, then `slimtune search --model {_q(model)} --data "
+              f"{_q(data)} --space {_q(out)}`")
 
 
 @cli.command()

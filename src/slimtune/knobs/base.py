@@ -75,7 +75,15 @@ class Choices:
         return trial.suggest_categorical(param, list(self.values))
 
     def clip(self, value: Any) -> Any:
-        return value
+        """``value`` if allowed, else the nearest allowed number (ties: the larger, which
+        compresses less), else the first value."""
+        if value in self.values:
+            return value
+        numbers = [v for v in self.values if isinstance(v, int | float)
+                   and not isinstance(v, bool)]
+        if numbers and isinstance(value, int | float) and not isinstance(value, bool):
+            return min(numbers, key=lambda v: (abs(v - value), -v))
+        return self.values[0]
 
 
 class Knob(ABC):

@@ -54,6 +54,11 @@ def check_model_runs(config: SearchConfig, data: Any, trust: Trust,
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(f"--model {config.model} must return logits of shape (batch, "
                           f"{data.num_classes}) on `{config.data}`, but returned {got}")
+    if config.space:  # the space file against the model's layers, before any training
+        from slimtune.spaces.space import SearchSpace
+
+        SearchSpace.from_model(model, data.input_shape, config.pruning, config.knobs,
+                               rules=config.space)
 
 
 def as_user_error(exc: BaseException) -> BaseException:

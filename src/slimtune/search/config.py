@@ -75,6 +75,9 @@ class SearchConfig:
     checkpoint: Path | None = None  # the user's trained weights for --model (no training)
     pruning: str = "both"  # which per-layer pruning knobs the space has
     knobs: tuple[str, ...] = ()  # opt-in knobs searched too (`--knob two_four`)
+    #: the user's space file (``--space``): its path, or its plain data; stored as data
+    #: (spaces/rules.py), so resume and export rebuild the same space without the file
+    space: dict[str, Any] | str | Path | None = None
     objectives: tuple[str, ...] = ("accuracy", "size", "flops")
     max_failures: int | None = None  # end the search once this many trials failed
     max_size: int | None = None  # bytes: plans above are recorded infeasible, not trained
@@ -130,6 +133,12 @@ class SearchConfig:
         object.__setattr__(self, "objectives", objectives)
         checks += self._fidelity_checks()
         object.__setattr__(self, "knobs", tuple(self.knobs))
+        if self.space is not None:
+            from slimtune.spaces.rules import SpaceRules, load_space
+
+            rules = (SpaceRules.from_dict(self.space) if isinstance(self.space, dict)
+                     else load_space(self.space))
+            object.__setattr__(self, "space", rules.to_dict())
         from slimtune.knobs import KNOBS
 
         opt_in = [n for n, k in KNOBS.items() if k.opt_in]

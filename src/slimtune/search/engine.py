@@ -188,7 +188,7 @@ def search(
                 source=named_by,
             )
             space = SearchSpace.from_model(teacher, data.input_shape, config.pruning,
-                                             config.knobs)
+                                             config.knobs, rules=config.space)
             teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
             meta = study.user_attrs.get("slimtune")
             if meta is None:

@@ -292,6 +292,8 @@ class ProbeSpec:
     threads: int = 1
     gpu_fraction: float = 0.0
     trust: tuple[str, ...] = ()  # user modules the search trusts
+    knobs: tuple[str, ...] = ()  # opt-in knobs searched too
+    space: dict[str, Any] | None = None  # the user's space file (spaces/rules.py)
 
 
 def probe_task(spec: ProbeSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -300,7 +302,8 @@ def probe_task(spec: ProbeSpec, teacher_state: dict[str, torch.Tensor]) -> dict[
     from slimtune.search.worker import set_up
 
     device, data, teacher = set_up(spec, teacher_state)
-    space = SearchSpace.from_model(teacher, data.input_shape, spec.pruning)
+    space = SearchSpace.from_model(teacher, data.input_shape, spec.pruning, spec.knobs,
+                                   rules=spec.space)
     val = data.val.head(PROBE_EXAMPLES).to(device)
     return probe_layers(teacher, space, data.input_shape, list(spec.layers), val,
                         train=data.train.to(device))

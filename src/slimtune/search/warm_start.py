@@ -127,7 +127,8 @@ def _sensitivity(
                        data_dir=str(config.data_dir) if config.data_dir else None,
                        subset=config.subset, val_subset=config.val_subset,
                        threads=max(1, math.floor(config.cpus_per_trial)),
-                       gpu_fraction=config.gpus_per_trial, trust=tuple(trust.to_list()))
+                       gpu_fraction=config.gpus_per_trial, trust=tuple(trust.to_list()),
+                       knobs=config.knobs, space=config.space)
              for i in range(n_tasks)]
     return measure_sensitivity(teacher, space, data.input_shape,
                                int(teacher_metrics["size_bytes"]),

@@ -14,6 +14,7 @@ from slimtune.knobs import KNOBS, knob
 from slimtune.knobs.base import Choices, FloatRange
 from slimtune.ops.structured import output_layers
 from slimtune.spaces.plan import CompressionPlan, LayerPlan
+from slimtune.spaces.rules import Fixed, Range, SpaceRules
 
 __all__ = ["SearchSpace", "compressible_layers", "PRUNING_MODES"]
 
@@ -38,8 +39,12 @@ class SearchSpace:
     Parameter names in the Optuna study are ``"<layer>.<knob>"`` for every knob of
     :data:`slimtune.knobs.KNOBS` the space searches on that layer (``sparsity`` only with
     unstructured pruning, ``keep_ratio`` only with structured pruning and never for the
-    output layer, opt-in knobs such as ``two_four`` only when named in ``knobs``), then
-    ``"temperature"`` and ``"alpha"``. ``ranges`` overrides a knob's default range.
+    output layer, opt-in knobs such as ``two_four`` only when named in ``knobs`` or in the
+    layer's rule), then ``"temperature"`` and ``"alpha"``. ``ranges`` overrides a knob's
+    default range everywhere, ``layer_ranges`` on one layer (from the user's space file,
+    :mod:`slimtune.spaces.rules`); a :class:`~slimtune.spaces.rules.Fixed` range is set in
+    every plan and is no study parameter. Layers the space file skips are not in
+    ``layers``.
     """
 
     layers: tuple[str, ...]
@@ -49,6 +54,7 @@ class SearchSpace:
     ranges: Mapping[str, FloatRange | Choices] = field(default_factory=dict)
     temperature: tuple[float, float] = (1.0, 20.0)  # sampled on a log scale
     alpha: tuple[float, float] = (0.0, 1.0)
+    layer_ranges: Mapping[str, Mapping[str, Range]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.pruning not in PRUNING_MODES:
@@ -64,14 +70,44 @@ class SearchSpace:
     @classmethod
     def from_model(
         cls, model: nn.Module, input_shape: tuple[int, ...] | None = None, pruning: str = "both",
-        knobs: tuple[str, ...] = (),
+        knobs: tuple[str, ...] = (), rules: SpaceRules | Mapping[str, Any] | None = None,
     ) -> SearchSpace:
         """The space of ``model``; with ``input_shape`` the output layer is found by a
-        forward pass, otherwise it is taken to be the last Conv2d/Linear."""
+        forward pass, otherwise it is taken to be the last Conv2d/Linear. ``rules``: the
+        user's space file (parsed, or its plain data), checked against the model's layers
+        here."""
         layers = tuple(compressible_layers(model))
         fixed = tuple(output_layers(model, tuple(input_shape))) if input_shape is not None \
             else layers[-1:]
-        return cls(layers=layers, pruning=pruning, fixed_channels=fixed, knobs=tuple(knobs))
+        space = cls(layers=layers, pruning=pruning, fixed_channels=fixed, knobs=tuple(knobs))
+        return space.with_rules(rules) if rules else space
+
+    def with_rules(self, rules: SpaceRules | Mapping[str, Any]) -> SearchSpace:
+        """This space narrowed by the user's space file: skipped layers dropped, each
+        layer's knobs given the ranges of the first rule that matches it."""
+        from dataclasses import replace
+
+        if not isinstance(rules, SpaceRules):
+            rules = SpaceRules.from_dict(dict(rules))
+        chosen = rules.resolve(list(self.layers))
+        per_layer: dict[str, dict[str, Range]] = {}
+        for name, rule in chosen.items():
+            if rule is None or rule.skip:
+                continue
+            for k, r in rule.knobs.items():
+                searched = KNOBS[k].in_space(self, name) or KNOBS[k].opt_in
+                if searched:
+                    per_layer.setdefault(name, {})[k] = r
+                elif rule.key == name and not (isinstance(r, Fixed)
+                                               and r.value == KNOBS[k].default):
+                    why = ("an output layer keeps its channels" if k == "keep_ratio"
+                           and name in self.fixed_channels
+                           else f"`--pruning {self.pruning}` does not search it")
+                    raise ConfigError(f"rule `{name}` of the space file sets `{k}`, but {why}")
+        layers = tuple(n for n in self.layers if not (chosen[n] and chosen[n].skip))
+        return replace(self, layers=layers, layer_ranges=per_layer,
+                       temperature=rules.temperature or self.temperature,
+                       alpha=rules.alpha or self.alpha)
 
     @property
     def unstructured(self) -> bool:
@@ -84,18 +120,33 @@ class SearchSpace:
     def channel_layers(self) -> tuple[str, ...]:
         return tuple(n for n in self.layers if n not in self.fixed_channels)
 
-    def range_of(self, name: str) -> FloatRange | Choices:
+    def range_of(self, name: str, layer: str | None = None) -> Range:
+        """Knob ``name``'s range (on ``layer``: its rule's, if it sets one)."""
+        on_layer = self.layer_ranges.get(layer, {}) if layer is not None else {}
+        if name in on_layer:
+            return on_layer[name]
         return self.ranges.get(name, KNOBS[name].space)
 
+    def _in_space(self, layer: str) -> list[str]:
+        return [n for n, k in KNOBS.items()
+                if k.in_space(self, layer) or n in self.layer_ranges.get(layer, {})]
+
     def knobs_of(self, layer: str) -> list[str]:
-        """The knobs the space searches on ``layer``, in registry order."""
-        return [n for n, k in KNOBS.items() if k.in_space(self, layer)]
+        """The knobs the space searches on ``layer`` (a study parameter each), in registry
+        order; a knob the space file fixes is not searched (:meth:`fixed_of`)."""
+        return [n for n in self._in_space(layer)
+                if not isinstance(self.range_of(n, layer), Fixed)]
+
+    def fixed_of(self, layer: str) -> dict[str, Any]:
+        """The knobs the space file fixes on ``layer``, with their values."""
+        return {n: r.value for n in self._in_space(layer)
+                if isinstance(r := self.range_of(n, layer), Fixed)}
 
     def sample(self, trial: optuna.trial.BaseTrial) -> CompressionPlan:
         """Ask ``trial`` for every knob; works with a live trial or ``FixedTrial``."""
         layers = {
-            name: LayerPlan(**{k: self.range_of(k).suggest(trial, f"{name}.{k}")
-                               for k in self.knobs_of(name)})
+            name: LayerPlan(**{k: self.range_of(k, name).suggest(trial, f"{name}.{k}")
+                               for k in self.knobs_of(name)}, **self.fixed_of(name))
             for name in self.layers
         }
         return CompressionPlan(
@@ -111,10 +162,10 @@ class SearchSpace:
         for name in self.layers:
             lp = plan.layer(name)
             for k in self.knobs_of(name):
-                params[f"{name}.{k}"] = self.range_of(k).clip(lp[k])
+                params[f"{name}.{k}"] = self.range_of(k, name).clip(lp[k])
         params["temperature"] = min(max(plan.temperature, self.temperature[0]),
                                     self.temperature[1])
-        params["alpha"] = plan.alpha
+        params["alpha"] = min(max(plan.alpha, self.alpha[0]), self.alpha[1])
         return params
 
     def plan_from_params(self, params: Mapping[str, Any]) -> CompressionPlan:
