@@ -108,6 +108,7 @@ def space(model: str, data: str, *, pruning: str = "both", knobs: tuple[str, ...
     text for ``search --space``): a rule per layer with its shape, weights and MACs."""
     from slimtune.data.datasets import load_dataset
     from slimtune.models.zoo import build_model
+    from slimtune.objectives.flops import count_flops
     from slimtune.spaces.space import SearchSpace
     from slimtune.spaces.template import space_template
     from slimtune.trust import Trust
@@ -116,8 +117,9 @@ def space(model: str, data: str, *, pruning: str = "both", knobs: tuple[str, ...
     trust = Trust.of(trust_module).with_names(model, data)  # names the caller gives
     ds = load_dataset(data, data_dir, trust=trust)
     net = build_model(model, ds.num_classes, ds.input_shape, trust=trust)
+    macs = {n: dense for n, (dense, _) in count_flops(net, ds.input_shape).layers.items()}
     return space_template(net, ds.input_shape, pruning, tuple(knobs),
-                          title=f"{model} on {data}")
+                          title=f"{model} on {data}", macs=macs)
 
 
 def export(

@@ -100,9 +100,14 @@ def _knob_range(key: str, name: str, spec: Any) -> Range:
             raise ConfigError(f"{_where(key)}: `{name}` must be one value, a range [low, "
                               f"high] or a list of values, but got {spec!r:.80}")
         try:
-            return k.check(v)
+            v = k.check(v)
         except ConfigError as exc:
             raise ConfigError(f"{_where(key)}: {exc}") from None
+        if isinstance(k.space, Choices) and v not in k.space.values:
+            allowed = ", ".join(json.dumps(c) for c in k.space.values)
+            raise ConfigError(f"{_where(key)}: `{name}` must be among {allowed}, but got "
+                              f"{json.dumps(v)}")
+        return v
 
     if not isinstance(spec, list):
         return Fixed(check(spec))

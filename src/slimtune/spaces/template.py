@@ -5,6 +5,7 @@ weights and MACs in a comment. Read back unchanged (``--space``), it is the defa
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -44,20 +45,21 @@ def _value(r: FloatRange | Choices) -> str:
 
 
 def space_template(model: nn.Module, input_shape: tuple[int, ...], pruning: str = "both",
-                   knobs: tuple[str, ...] = (), title: str = "") -> str:
-    """The space file of ``model``'s default space (YAML)."""
-    from slimtune.objectives.flops import count_flops
-
+                   knobs: tuple[str, ...] = (), title: str = "",
+                   macs: Mapping[str, int] | None = None) -> str:
+    """The space file of ``model``'s default space (YAML); ``macs``: each layer's MACs at
+    batch 1, for its comment (``slimtune.objectives.flops.count_flops``)."""
     space = SearchSpace.from_model(model, input_shape, pruning, knobs)
-    macs = count_flops(model, input_shape).layers
+    macs = macs or {}
     modules = dict(model.named_modules())
     out = [_HEADER.format(title=f" for {title}" if title else "",
                           temperature=f"[{space.temperature[0]:g}, {space.temperature[1]:g}]",
                           alpha=f"[{space.alpha[0]:g}, {space.alpha[1]:g}]")]
     for name in space.layers:
         mod: Any = modules[name]
-        note = (f"{_describe(mod)}; {mod.weight.numel():,} weights; "
-                f"{macs.get(name, (0, 0))[0]:,} MACs")
+        note = f"{_describe(mod)}; {mod.weight.numel():,} weights"
+        if name in macs:
+            note += f"; {macs[name]:,} MACs"
         if name in space.fixed_channels:
             note += "; an output layer: its channels are never pruned"
         out.append(f"  {json.dumps(name)}:   # {note}")
