@@ -31,12 +31,32 @@ def _one_trial(tmp_path, **kw):
     return result, t, model
 
 
-def test_torchvision_resnet18_runs_a_search_trial(ray_session, tmp_path):
+def test_torchvision_resnet18_with_a_users_checkpoint_runs_a_search_trial(ray_session,
+                                                                           tmp_path):
+    """`--model torchvision:resnet18 --checkpoint ft.pt`: the user's fine-tuned weights
+    (classifier sized for the data's 10 classes, first conv for its one channel) are the
+    teacher as they are; a checkpoint sized for other classes is one line."""
+    torch.manual_seed(7)
+    mine = build_model("torchvision:resnet18", 10, (1, 8, 8))
+    torch.save(mine.state_dict(), tmp_path / "ft.pt")
     result, t, model = _one_trial(tmp_path, model="torchvision:resnet18", subset=300,
-                                  pruning="unstructured")
+                                  pruning="unstructured", checkpoint=tmp_path / "ft.pt")
+    run_teacher = torch.load(result.run.dir / "teacher.pt", weights_only=True)
+    assert all(torch.equal(run_teacher[k], v) for k, v in mine.state_dict().items())
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
     assert result.run.teacher["size_bytes"] > 40_000_000  # 11M float32 weights
     assert t.user_attrs["size_bytes"] < result.run.teacher["size_bytes"] / 3  # 8-bit plan
+
+
+def test_a_torchvision_checkpoint_for_other_classes_is_one_line(ray_session, tmp_path):
+    other = build_model("torchvision:resnet18", 1000, (1, 8, 8))  # an ImageNet-sized head
+    torch.save(other.state_dict(), tmp_path / "ft.pt")
+    config = SearchConfig(model="torchvision:resnet18", subset=300, trials=1,
+                          checkpoint=tmp_path / "ft.pt", run_dir=tmp_path / "run")
+    with pytest.raises(slimtune.SlimtuneError) as exc:
+        search(config)
+    msg = str(exc.value)
+    assert "--checkpoint" in msg and "fc.weight" in msg and "\n" not in msg, msg
 
 
 def test_user_model_factory_with_checkpoint_runs_a_search_trial(ray_session, tmp_path):
