@@ -1,0 +1,98 @@
+"""What every command shares: the `slimtune` group, the stderr console, formatting of
+sizes and counts, shell quoting, the progress bar and the common options."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from slimtune.knobs import KNOBS
+from slimtune.search.config import SearchConfig as _D
+
+__all__ = ["cli", "err", "_q", "_storage_args", "_progress", "_fmt_bytes", "_fmt_count",
+           "_fmt_seconds", "_D", "_OPT_IN", "_trust_opt", "_out_opt", "_onnx_opt",
+           "_storage_opt", "_study_opt"]
+
+_OPT_IN = [n for n, k in KNOBS.items() if k.opt_in]
+
+# markup=False everywhere: messages carry file names, plans and trial errors, whose
+# `[...]` rich would otherwise interpret (text vanishes, `[/]` raises MarkupError)
+err = Console(stderr=True, highlight=False, log_path=False, markup=False)
+
+
+def _q(path: object) -> str:
+    """A path as it must be typed in a shell command."""
+    return shlex.quote(str(path))
+
+
+def _storage_args(storage: str | None, study_name: str | None) -> str:
+    """The options a suggested command needs to reach the same study (never the URL
+    itself: it may hold a password)."""
+    out = " --storage URL" if storage else ""
+    if study_name and study_name != _D.study_name:
+        out += f" --study-name {_q(study_name)}"
+    return out
+
+
+def _progress(transient: bool = False) -> Progress:
+    """A progress bar on stderr: description, bar, n/total, elapsed, a field `info`."""
+    return Progress(
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False), console=err,
+        transient=transient,
+    )
+
+
+_trust_opt = click.option(
+    "--trust-module", "trust_module", multiple=True, metavar="MODULE",
+    help="Allow a model or data set that the file or study names as MODULE:function to be "
+         "imported from MODULE and run (repeatable). Without it, only built-in and "
+         "torchvision: names are used.")
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1000
+    return str(n)  # pragma: no cover
+
+
+def _fmt_count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slimtune")
+def cli() -> None:
+    """Compress a trained PyTorch model by multi-objective search."""
+
+
+
+
+def _fmt_seconds(s: float) -> str:
+    s = max(0, int(s))
+    if s >= 3600:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    if s >= 60:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s} s"
+
+
+_out_opt = click.option(
+    "--out", type=click.Path(path_type=Path), required=True,
+    help="File to write; the model card goes beside it with a .json suffix.")
+_onnx_opt = click.option(
+    "--onnx", is_flag=True,
+    help="Also write PATH.onnx (dequantized float32 weights), checked with onnxruntime.")
+_storage_opt = click.option("--storage", default=None, metavar="URL",
+                            help="The --storage URL the search used, if any.")
+_study_opt = click.option("--study-name", default=_D.study_name, show_default=True,
+                          help="The study name inside --storage.")
