@@ -26,15 +26,31 @@ __all__ = ["search", "resume", "front", "front_info", "suggested_export", "repor
 
 def search(
     config: SearchConfig | None = None, events: SearchEvents | None = None, *,
-    trust_module: str | list[str] | None = None, **options: Any,
+    trust_module: str | list[str] | None = None, model: Any = None,
+    train: Any = None, val: Any = None, test: Any = None, **options: Any,
 ) -> SearchResult:
     """Run a search: of ``config``, or of ``SearchConfig(**options)`` (``search(trials=10,
     model="small_cnn")``), not both. ``events`` receive the progress; user code
     (``module:function``) the config names is the caller's and runs; ``trust_module``
-    trusts more modules (see :func:`slimtune.search.engine.search`)."""
+    trusts more modules (see :func:`slimtune.search.engine.search`).
+
+    From a notebook, ``model`` may be a trained ``torch.nn.Module`` (the teacher as it
+    is) and ``train``, ``val``, ``test`` the data: each a pair ``(x, y)`` of tensors or
+    arrays, a torch Dataset of ``(x, y)`` items or a DataLoader of ``(x, y)`` batches (read
+    once into tensors; input shape and classes come from them). They travel to the Ray
+    workers as objects; the artifacts name no code, so load one with
+    ``slimtune.load(path, model=MyNet())`` (:mod:`slimtune.inmemory`)."""
+    from slimtune import inmemory
     from slimtune.search.config import SearchConfig
     from slimtune.search.engine import search as run_search
 
+    given = [s is not None for s in (train, val, test)]
+    if any(given) and not all(given):
+        raise TypeError("pass all three of train, val and test, or none")
+    if model is not None:
+        options["model"] = model if isinstance(model, str) else inmemory.register_model(model)
+    if all(given):
+        options["data"] = inmemory.register_data(train, val, test)
     if config is None:
         config = SearchConfig(**options)
     elif options:

@@ -69,8 +69,11 @@ NO_TRUST = Trust()
 
 def user_module(name: str) -> str | None:
     """The module a name would import: ``"pkg.mod"`` for ``"pkg.mod:attr"``; None for a
-    built-in or ``torchvision:`` name."""
+    built-in, ``torchvision:`` or ``memory:`` name (an object given in Python, which
+    resolves only in its own session: :mod:`slimtune.inmemory`)."""
     if not isinstance(name, str) or ":" not in name or name.startswith("torchvision:"):
+        return None
+    if name.startswith("memory:"):  # a Python object of this session (slimtune.inmemory)
         return None
     return name.partition(":")[0]
 

@@ -179,7 +179,8 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         live()
         state["teacher"] = t
         how = {"trained": "trained", "run": "reused from the run directory",
-               "cache": "reused from the cache", "checkpoint": "from --checkpoint"}[source]
+               "cache": "reused from the cache", "checkpoint": "from --checkpoint",
+               "memory": "your model as given"}[source]
         progress.console.log(
             f"teacher ({how}): val accuracy {t['accuracy']:.4f}, test {t['test_accuracy']:.4f}, "
             f"{_fmt_bytes(t['size_bytes'])}, {_fmt_count(t['flops'])} MACs"

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimtune import inmemory
 from slimtune.data.cifar import CIFAR_FILES, read_batches
 from slimtune.data.idx import read_idx
 from slimtune.data.split import Augment, Split, TensorSplit
@@ -349,6 +350,12 @@ def _load_user(spec: str, data_dir: Path | None) -> Splits:
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"dataset function `{spec}` failed or did not return "
                         f"(train, val, test): {type(exc).__name__}: {exc}") from None
+    return _user_splits(spec, train, val, test)
+
+
+def _user_splits(spec: str, train: Any, val: Any, test: Any) -> Splits:
+    """The user's three ``(x, y)`` splits (of ``module:function`` or Python objects),
+    checked and held as they are (not normalized: the user's model was trained on them)."""
     (xtr, ytr), (xva, yva), (xte, yte) = (
         _as_tensors(s, f"`{spec}` {n}") for s, n in ((train, "train"), (val, "val"), (test, "test"))
     )
@@ -421,6 +428,8 @@ def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
 
 # -- loading --------------------------------------------------------------------------
 def _load(name: str, data_dir: Path | None) -> Splits:
+    if inmemory.is_memory(name):  # splits given as Python objects
+        return _user_splits(name, *inmemory.data(name))
     if ":" in name:
         return _load_user(name, data_dir)
     try:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimtune import inmemory
 from slimtune.data.datasets import Splits
 from slimtune.data.split import Batch
 from slimtune.errors import ConfigError, RunDirError
@@ -202,7 +203,8 @@ def load_or_train_teacher(
     source: str | None = None,
 ) -> tuple[nn.Module, str]:
     """The teacher for a run, and where it came from: ``"run"`` (``path`` exists),
-    ``"checkpoint"`` (the user's weights), ``"cache"`` or ``"trained"``. It is then saved
+    ``"checkpoint"`` (the user's weights), ``"memory"`` (a model given as a Python object,
+    with its weights), ``"cache"`` or ``"trained"``. It is then saved
     at ``path`` (the run directory's copy) and, when trained, in the cache.
     ``trust``/``source``: where the model name comes from (see :mod:`slimtune.trust`)."""
     torch.manual_seed(config.seed)
@@ -210,7 +212,9 @@ def load_or_train_teacher(
                         source=source)
     if path is not None and path.exists():
         return _load_state(model, path), "run"
-    if checkpoint is not None:
+    if inmemory.is_memory(model_name):  # a model given as a Python object: as it is
+        source = "memory"
+    elif checkpoint is not None:
         source = "checkpoint"
         load_checkpoint(model, checkpoint)
     else:

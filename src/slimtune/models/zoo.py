@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimtune import inmemory
 from slimtune.errors import UnknownNameError
 from slimtune.trust import NO_TRUST, Trust, resolve
 
@@ -197,6 +198,8 @@ def build_model(name: str, num_classes: int, input_shape: tuple[int, ...], *,
     input_shape = tuple(input_shape)
     if name.startswith("torchvision:"):
         return _torchvision(name.split(":", 1)[1], num_classes, input_shape)
+    if inmemory.is_memory(name):  # a model given as a Python object, with its weights
+        return inmemory.model(name)
     if ":" in name:
         return _user(name, num_classes, input_shape, trust, source)
     try:

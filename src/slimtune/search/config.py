@@ -199,6 +199,8 @@ class SearchConfig:
     def resolved_run_dir(self) -> Path:
         if self.run_dir:
             return Path(self.run_dir)
+        if self.model.startswith("memory:"):  # a model given in Python: its own id
+            return Path("runs") / self.model.replace("memory:model-", "inmemory-")
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{self.data}-{self.model}")
         return Path("runs") / safe
 

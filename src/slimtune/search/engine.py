@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 import torch
 
+from slimtune import inmemory
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
@@ -150,6 +151,8 @@ def search(
     try:
         with sigterm_as_interrupt() as signals:  # SIGTERM is handled as Ctrl-C
             concurrency = cluster.max_concurrent(config.cpus_per_trial, config.gpus_per_trial)
+            # a model or data set given as Python objects: held for the workers meanwhile
+            held = inmemory.serve(config.model, config.data)  # noqa: F841
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "trials").mkdir(exist_ok=True)
