@@ -75,6 +75,8 @@ def user_module(name: str) -> str | None:
         return None
     if name.startswith("memory:"):  # a Python object of this session (slimtune.inmemory)
         return None
+    if re.fullmatch(r"imagefolder\d*", name.partition(":")[0]):  # image files (data/folder.py)
+        return None
     return name.partition(":")[0]
 
 

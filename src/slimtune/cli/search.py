@@ -65,6 +65,9 @@ from slimtune.search.config import PROMOTIONS, PRUNING_MODES, SAMPLERS
                    "`slimtune space` prints a template.")
 @click.option("--objectives", default=",".join(_D.objectives), show_default=True,
               help=f"Comma-separated objectives from {','.join(OBJECTIVES)}.")
+@click.option("--image-size", type=click.IntRange(4, 1024), default=None, metavar="PIXELS",
+              help="With --data imagefolder:PATH: resize and centre-crop every image to "
+                   "PIXELS x PIXELS [default: 32] (the same as --data imagefolderPIXELS:PATH).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Directory of the data files (fashion-mnist: /usr/share/datasets/"
                    "fashion-mnist by default).")
@@ -130,6 +133,12 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
     from slimtune.search import SearchConfig, SearchEvents
     from slimtune.search.config import parse_quantity
 
+    size = kwargs.pop("image_size")
+    if size is not None:
+        if not kwargs["data"].startswith("imagefolder:"):
+            raise click.BadParameter(f"goes with --data imagefolder:PATH, but --data is "
+                                     f"{kwargs['data']!r}", param_hint="--image-size")
+        kwargs["data"] = f"imagefolder{size}:{kwargs['data'].partition(':')[2]}"
     kwargs["objectives"] = tuple(o.strip() for o in kwargs["objectives"].split(",") if o.strip())
     if kwargs["max_size"] is not None:
         kwargs["max_size"] = parse_quantity(kwargs["max_size"], "--max-size", "B")

@@ -30,6 +30,7 @@ import torch
 
 from slimtune import inmemory
 from slimtune.data.cifar import CIFAR_FILES, read_batches
+from slimtune.data.folder import is_imagefolder, load_imagefolder
 from slimtune.data.idx import read_idx
 from slimtune.data.split import Augment, Split, TensorSplit
 from slimtune.errors import ConfigError, DataError, UnknownNameError
@@ -416,9 +417,9 @@ def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
     def pick(split: Split, k: int | None) -> Split:
         if k is None or k >= len(split):  # None: all of it
             return split
-        if not isinstance(split, TensorSplit):
-            raise ConfigError(f"`--subset` needs splits held as tensors, but `{s.name}` "
-                              f"gives a {type(split).__name__}")
+        if not hasattr(split, "take"):
+            raise ConfigError(f"`--subset` needs splits that can take a subset, but "
+                              f"`{s.name}` gives a {type(split).__name__}")
         return split.take(_pick(split.y, k))
 
     quarter = max(1, n // 4) if n else None
@@ -430,6 +431,11 @@ def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
 def _load(name: str, data_dir: Path | None) -> Splits:
     if inmemory.is_memory(name):  # splits given as Python objects
         return _user_splits(name, *inmemory.data(name))
+    if is_imagefolder(name):  # image files, streamed batch by batch
+        train, val, test, k = load_imagefolder(
+            name, lambda what, splits: _check_splits(what, splits, carve_val=False),
+            _augmentation("crop_flip"))
+        return Splits(name, train, val, test, k, "crop_flip")
     if ":" in name:
         return _load_user(name, data_dir)
     try:
