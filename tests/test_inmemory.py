@@ -104,3 +104,42 @@ def test_a_file_naming_an_object_of_another_session_runs_no_code():
     assert user_module("memory:model-0123456789ab") is None  # no module to import
     with pytest.raises(UnknownNameError, match="another session"):
         inmemory.model("memory:model-0123456789ab")
+
+
+class _Decoding(torch.utils.data.Dataset):
+    """A user's Dataset that makes each example when asked (as one reading files would),
+    with a random flip: its items differ from one read to the next."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.targets = (x * 255).to(torch.uint8), y
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        img = self.x[i].float() / 255
+        return (img.flip(-1) if torch.rand(()) < 0.5 else img), int(self.targets[i])
+
+
+def test_a_users_dataset_streams_and_pairs_stay_tensors():
+    from slimtune.data.datasets import load_dataset
+    from slimtune.data.split import TensorSplit
+    from slimtune.data.stream import DatasetSplit
+
+    (xtr, ytr), (xva, yva), (xte, yte) = _digits()
+    train = _Decoding(xtr, ytr)
+    name = inmemory.register_data(train, TensorDataset(xva, yva), (xte, yte))
+    ds = load_dataset(name)
+    assert isinstance(ds.train, DatasetSplit) and isinstance(ds.test, TensorSplit)
+    assert ds.train.augments  # a Dataset may vary: the teacher sees every batch
+    assert train.reads == 1  # one item for the input shape; the labels came from `targets`
+    assert (len(ds.train), ds.num_classes, ds.input_shape) == (1000, 10, (1, 8, 8))
+    seen = torch.cat([b.index for b in ds.train.batches(128, shuffle=True,
+                                                        generator=torch.Generator())])
+    assert sorted(seen.tolist()) == list(range(1000))  # every example once
+    val = torch.cat([b.x for b in ds.val.batches(100)])
+    assert torch.equal(val, xva)  # a fixed Dataset streams exactly its items
+    assert torch.equal(torch.cat([b.y for b in ds.val.head(5).batches(2)]), yva[:5])
+    assert len(load_dataset(name, subset=200).train) == 200  # stratified, by the labels

@@ -46,14 +46,26 @@ def register_model(net: nn.Module) -> str:
 
 
 def register_data(train: Any, val: Any, test: Any) -> str:
-    """Hold the three splits (each a pair of tensors or arrays, a torch Dataset of
-    ``(x, y)`` items or a DataLoader of ``(x, y)`` batches, read once into tensors) under
-    a new name."""
-    splits = tuple(as_pair(s, what) for s, what in
+    """Hold the three splits under a new name. A pair of tensors or arrays is held as
+    tensors; a map-style torch Dataset of ``(x, y)`` items (or a DataLoader over one: its
+    dataset) is kept as it is and streamed batch by batch (:mod:`slimtune.data.stream`);
+    any other DataLoader is read once into tensors."""
+    splits = tuple(_streamable(s) or as_pair(s, what) for s, what in
                    ((train, "`train`"), (val, "`val`"), (test, "`test`")))
     name = f"{PREFIX}data-{uuid.uuid4().hex[:12]}"
     _OBJECTS[name] = splits
     return name
+
+
+def _streamable(obj: Any) -> Any:
+    """The map-style Dataset to stream ``obj`` from (itself, or a DataLoader's), or None."""
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    ds = obj.dataset if isinstance(obj, DataLoader) else obj
+    if isinstance(ds, Dataset) and not isinstance(ds, IterableDataset) \
+            and hasattr(ds, "__len__"):
+        return ds
+    return None
 
 
 def as_pair(obj: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,6 +33,7 @@ from slimtune.data.cifar import CIFAR_FILES, read_batches
 from slimtune.data.folder import is_imagefolder, load_imagefolder
 from slimtune.data.idx import read_idx
 from slimtune.data.split import Augment, Split, TensorSplit
+from slimtune.data.stream import DatasetSplit, labels_of
 from slimtune.errors import ConfigError, DataError, UnknownNameError
 from slimtune.trust import NO_TRUST, Trust, check, resolve
 
@@ -371,6 +372,25 @@ def _user_splits(spec: str, train: Any, val: Any, test: Any) -> Splits:
     return _tensor_splits(spec, (xtr, ytr), (xva, yva), (xte, yte), num_classes=classes)
 
 
+def _dataset_splits(name: str, *parts: Any) -> Splits:
+    """Splits given as torch Datasets (streamed) or pairs of tensors (held)."""
+    splits = []
+    for part, label in zip(parts, ("train", "val", "test"), strict=True):
+        if isinstance(part, tuple):
+            splits.append(TensorSplit(*_as_tensors(part, f"`{label}`")))
+        else:
+            splits.append(DatasetSplit(part, labels_of(part, f"the `{label}` Dataset"),
+                                       varies=True))
+    if not splits[0].input_shape == splits[1].input_shape == splits[2].input_shape:
+        raise DataError(f"every split must have inputs of one shape, but train has "
+                        f"{splits[0].input_shape}, val {splits[1].input_shape} and test "
+                        f"{splits[2].input_shape}")
+    k = _check_splits("the data set given in Python", [
+        (f"its {label} split", range(len(s)), s.y)
+        for s, label in zip(splits, ("train", "val", "test"), strict=True)], carve_val=False)
+    return Splits(name, splits[0], splits[1], splits[2], k)
+
+
 DATASETS: dict[str, Callable[[Path | None], Splits]] = {
     "digits": _load_digits,
     "fashion-mnist": _load_fashion,
@@ -430,7 +450,10 @@ def _subset(s: Splits, n: int | None, n_val: int | None = None) -> Splits:
 # -- loading --------------------------------------------------------------------------
 def _load(name: str, data_dir: Path | None) -> Splits:
     if inmemory.is_memory(name):  # splits given as Python objects
-        return _user_splits(name, *inmemory.data(name))
+        parts = inmemory.data(name)
+        if any(not isinstance(p, tuple) for p in parts):
+            return _dataset_splits(name, *parts)
+        return _user_splits(name, *parts)
     if is_imagefolder(name):  # image files, streamed batch by batch
         train, val, test, k = load_imagefolder(
             name, lambda what, splits: _check_splits(what, splits, carve_val=False),

@@ -8,7 +8,8 @@ as grey-scale when the first training image is, else RGB, and normalized per cha
 the mean and deviation of a sample of training images. Training batches get a random crop
 (4 pixels of padding) and a horizontal flip.
 
-Only the file list and the labels are held: a :class:`FolderSplit` decodes each batch
+Only the file list and the labels are held: a :class:`FolderSplit` (a
+:class:`~slimtune.data.stream.DatasetSplit` over :class:`ImageFiles`) decodes each batch
 when it is asked for, through a torch ``DataLoader`` (worker processes and pinned memory
 when the batches go to a GPU), so memory does not grow with the number of images.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,19 +26,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimtune.data.split import Augment, Batch
+from slimtune.data.split import Augment
+from slimtune.data.stream import DatasetSplit
 from slimtune.errors import DataError
 
-__all__ = ["FolderSplit", "load_imagefolder", "parse_name", "is_imagefolder",
+__all__ = ["FolderSplit", "ImageFiles", "load_imagefolder", "parse_name", "is_imagefolder",
            "DEFAULT_IMAGE_SIZE", "IMAGE_SUFFIXES"]
 
 DEFAULT_IMAGE_SIZE = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: images read to estimate the per-channel mean and deviation
 _STATS_SAMPLE = 256
-#: DataLoader worker processes when batches go to a GPU (on a CPU the trial's own thread
-#: decodes: its CPUs are the trial's, and more processes would only compete for them)
-GPU_LOADER_WORKERS = 2
 _NAME = re.compile(r"imagefolder(\d*):(.+)", re.S)
 
 
@@ -76,85 +74,45 @@ def _read(path: str, size: int, channels: int) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-class _Items(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    """The images of ``split`` in the order ``order`` (a DataLoader's dataset)."""
+class ImageFiles(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Image files as a map-style dataset: item ``i`` is the normalized image and its
+    label."""
 
-    def __init__(self, split: FolderSplit, order: torch.Tensor) -> None:
-        self.split, self.order = split, order
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s, k = self.split, int(self.order[i])
-        try:
-            x = torch.from_numpy(_read(s.files[k], s.size, s.channels))
-        except Exception as exc:  # noqa: BLE001 - a broken or unreadable file
-            raise DataError(f"cannot read the image {s.files[k]}: {type(exc).__name__}: "
-                            f"{exc}") from None
-        return (x - s.mean[:, None, None]) / s.std[:, None, None], torch.tensor(k)
-
-
-@dataclass(frozen=True, eq=False)
-class FolderSplit:
-    """A split of image files read batch by batch (the :class:`~slimtune.data.split.Split`
-    contract); ``y`` holds the labels, the only per-example data kept in memory."""
-
-    files: tuple[str, ...]
-    y: torch.Tensor  # int64 labels
-    size: int
-    channels: int
-    mean: torch.Tensor  # per channel
-    std: torch.Tensor
-    augment: Augment | None = None
-    device: str = "cpu"
+    def __init__(self, files: tuple[str, ...], labels: torch.Tensor, size: int,
+                 channels: int, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.files, self.targets = files, labels
+        self.size, self.channels, self.mean, self.std = size, channels, mean, std
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        try:
+            x = torch.from_numpy(_read(self.files[i], self.size, self.channels))
+        except Exception as exc:  # noqa: BLE001 - a broken or unreadable file
+            raise DataError(f"cannot read the image {self.files[i]}: {type(exc).__name__}: "
+                            f"{exc}") from None
+        return (x - self.mean[:, None, None]) / self.std[:, None, None], int(self.targets[i])
+
+
+@dataclass(frozen=True, eq=False)
+class FolderSplit(DatasetSplit):
+    """A split of an image folder (:class:`ImageFiles`), read batch by batch."""
+
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (self.channels, self.size, self.size)
-
-    @property
-    def augments(self) -> bool:
-        return self.augment is not None
-
-    def batches(self, batch_size: int, *, shuffle: bool = False,
-                generator: torch.Generator | None = None, augment: bool = False
-                ) -> Iterator[Batch]:
-        if batch_size < 1:
-            raise ValueError(f"`batch_size >= 1` must hold, but got {batch_size}")
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        gpu = self.device.startswith("cuda")
-        loader = torch.utils.data.DataLoader(
-            _Items(self, order), batch_size=batch_size, shuffle=False,
-            num_workers=GPU_LOADER_WORKERS if gpu else 0, pin_memory=gpu)
-        for x, index in loader:
-            x = x.to(self.device, non_blocking=gpu)
-            if augment and self.augment is not None:
-                x = self.augment(x, generator)
-            index = index.to(self.device)
-            yield Batch(x, self.y.to(self.device)[index], index)
-
-    def to(self, device: torch.device | str) -> FolderSplit:
-        return replace(self, device=str(device))
-
-    def head(self, n: int) -> FolderSplit:
-        return replace(self, files=self.files[:n], y=self.y[:n])
-
-    def take(self, index: torch.Tensor) -> FolderSplit:
-        """The examples at ``index`` (a subset), in that order."""
-        return replace(self, files=tuple(self.files[int(i)] for i in index), y=self.y[index])
+        d = self.dataset
+        return (d.channels, d.size, d.size)
 
     def fingerprint(self) -> str:
         """A digest of the file names (relative to their common folder), byte sizes and
         labels: cheap (no image is read), and a changed file changes its size or name in
         all but contrived cases."""
-        h = hashlib.sha256(f"{self.size}:{self.channels}".encode())
-        root = os.path.commonpath(self.files) if self.files else ""
-        for f, label in zip(self.files, self.y.tolist(), strict=True):
+        d = self.dataset
+        files = [d.files[i] for i in self._positions()]
+        h = hashlib.sha256(f"{d.size}:{d.channels}".encode())
+        root = os.path.commonpath(files) if files else ""
+        for f, label in zip(files, self.y.tolist(), strict=True):
             h.update(f"{os.path.relpath(f, root)}\0{os.path.getsize(f)}\0{label}\n".encode())
         return h.hexdigest()[:16]
 
@@ -227,7 +185,7 @@ def load_imagefolder(name: str, check: Any, crop_flip: Augment) -> tuple[Any, ..
     check(what, [("its train split", tr_files, ys[0]), ("its val split", va_files, ys[1]),
                  ("its test split", te_files, ys[2])])
     mean, std = _stats(tr_files, size, channels)
-    splits = [FolderSplit(tuple(f), y, size, channels, mean, std)
+    splits = [FolderSplit(ImageFiles(tuple(f), y, size, channels, mean, std), y)
               for f, y in ((tr_files, ys[0]), (va_files, ys[1]), (te_files, ys[2]))]
     splits[0] = replace(splits[0], augment=crop_flip)
     return splits[0], splits[1], splits[2], len(classes)
