@@ -57,7 +57,7 @@ def test_a_notebook_model_and_data_loaders_search_through_ray(ray_session, tmp_p
 
     result = slimtune.search(
         model=net, train=DataLoader(TensorDataset(xtr, ytr), batch_size=100, shuffle=True),
-        val=TensorDataset(xva, yva), test=(xte, yte),
+        val=TensorDataset(xva, yva), test=(xte, yte), input_shape=(1, 8, 8), num_classes=10,
         trials=4, epochs=1, run_dir=tmp_path / "run", seed=0)
     run = result.run
     assert result.counts["done"] == 4, [t.user_attrs.get("error") for t in run.study.trials]
@@ -96,6 +96,15 @@ def test_data_objects_become_tensors_and_bad_ones_are_one_line():
         inmemory.register_model("not a model")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="all three"):
         slimtune.search(model=nn.Linear(2, 2), train=(x, y))
+    from slimtune.errors import ConfigError
+
+    pair = (torch.randn(8, 1, 8, 8), torch.arange(8) % 2)
+    with pytest.raises(ConfigError, match=r"`input_shape` must match the data, \(1, 8, 8\)"):
+        slimtune.search(model=nn.Linear(2, 2), train=pair, val=pair, test=pair,
+                        input_shape=(3, 8, 8))
+    with pytest.raises(ConfigError, match="`num_classes` must match the data's 2 classes"):
+        slimtune.search(model=nn.Linear(2, 2), train=pair, val=pair, test=pair,
+                        num_classes=10)
 
 
 def test_a_file_naming_an_object_of_another_session_runs_no_code():

@@ -27,7 +27,9 @@ __all__ = ["search", "resume", "front", "front_info", "suggested_export", "repor
 def search(
     config: SearchConfig | None = None, events: SearchEvents | None = None, *,
     trust_module: str | list[str] | None = None, model: Any = None,
-    train: Any = None, val: Any = None, test: Any = None, **options: Any,
+    train: Any = None, val: Any = None, test: Any = None,
+    input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
+    **options: Any,
 ) -> SearchResult:
     """Run a search: of ``config``, or of ``SearchConfig(**options)`` (``search(trials=10,
     model="small_cnn")``), not both. ``events`` receive the progress; user code
@@ -37,7 +39,8 @@ def search(
     From a notebook, ``model`` may be a trained ``torch.nn.Module`` (the teacher as it
     is) and ``train``, ``val``, ``test`` the data: each a pair ``(x, y)`` of tensors or
     arrays, a torch Dataset of ``(x, y)`` items or a DataLoader of ``(x, y)`` batches (read
-    once into tensors; input shape and classes come from them). They travel to the Ray
+    once into tensors; input shape and classes come from them, and ``input_shape`` /
+    ``num_classes``, when given, must agree). They travel to the Ray
     workers as objects; the artifacts name no code, so load one with
     ``slimtune.load(path, model=MyNet())`` (:mod:`slimtune.inmemory`)."""
     from slimtune import inmemory
@@ -51,11 +54,30 @@ def search(
         options["model"] = model if isinstance(model, str) else inmemory.register_model(model)
     if all(given):
         options["data"] = inmemory.register_data(train, val, test)
+    if input_shape is not None or num_classes is not None:  # what the caller expects
+        _check_data_shape(options.get("data") or (config.data if config else "digits"),
+                          input_shape, num_classes)
     if config is None:
         config = SearchConfig(**options)
     elif options:
         raise TypeError("pass either a SearchConfig or keyword options, not both")
     return run_search(config, events, trust_module=trust_module)
+
+
+def _check_data_shape(data: str, input_shape: tuple[int, ...] | None,
+                      num_classes: int | None) -> None:
+    """ConfigError unless the data set ``data`` has the ``input_shape`` and
+    ``num_classes`` the caller gave."""
+    from slimtune.data.datasets import load_dataset
+    from slimtune.errors import ConfigError
+
+    ds = load_dataset(data)
+    if input_shape is not None and tuple(input_shape) != tuple(ds.input_shape):
+        raise ConfigError(f"`input_shape` must match the data, {tuple(ds.input_shape)}, but "
+                          f"got {tuple(input_shape)}")
+    if num_classes is not None and num_classes != ds.num_classes:
+        raise ConfigError(f"`num_classes` must match the data's {ds.num_classes} classes, "
+                          f"but got {num_classes}")
 
 
 def resume(
