@@ -24,7 +24,7 @@ from torch import nn
 from slimtune.errors import DataError, UnknownNameError
 
 __all__ = ["PREFIX", "is_memory", "register_model", "register_data", "model", "data",
-           "serve", "as_pair"]
+           "serve", "release", "as_pair"]
 
 PREFIX = "memory:"
 _OBJECTS: dict[str, Any] = {}  # this process's objects, by name
@@ -132,7 +132,7 @@ class _Holder:
 
 def serve(*names: str) -> list[Any]:
     """Hold the objects of ``names`` (those that are ``memory:`` names) in Ray actors for the
-    workers; returns the actors (they live as long as their handles or the Ray session)."""
+    workers; returns the actors (:func:`release` ends them)."""
     import ray
 
     actors = []
@@ -142,6 +142,15 @@ def serve(*names: str) -> list[Any]:
             actors.append(holder.options(name=_actor_name(name), get_if_exists=True)
                           .remote(_get(name, "object")))
     return actors
+
+
+def release(actors: list[Any]) -> None:
+    """End the actors :func:`serve` started (the search is over; this process keeps its
+    own objects)."""
+    import ray
+
+    for actor in actors:
+        ray.kill(actor)
 
 
 def _from_actor(name: str) -> Any:

@@ -148,11 +148,12 @@ def search(
         _refuse_existing(run_dir, open_storage(run_dir), config.study_name)
     cluster = RayCluster(config.address)
     lock: _RunLock | None = None
+    held: list[Any] = []  # the actors holding Python objects for the workers (inmemory)
     try:
         with sigterm_as_interrupt() as signals:  # SIGTERM is handled as Ctrl-C
             concurrency = cluster.max_concurrent(config.cpus_per_trial, config.gpus_per_trial)
             # a model or data set given as Python objects: held for the workers meanwhile
-            held = inmemory.serve(config.model, config.data)  # noqa: F841
+            held = inmemory.serve(config.model, config.data)
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "trials").mkdir(exist_ok=True)
@@ -217,6 +218,7 @@ def search(
     finally:
         if lock is not None:
             lock.release()
+        inmemory.release(held)
         cluster.shutdown()
     return SearchResult(run=run, front=pareto_front(study), counts=counts,
                         seconds=time.perf_counter() - t_start)
