@@ -74,6 +74,10 @@ def test_a_notebook_model_and_data_loaders_search_through_ray(ray_session, tmp_p
     same = slimtune.load(path)  # this session still holds the architecture
     x = xte[:64]
     assert torch.equal(student(x), same(x))
+    from slimtune.viz import table_info
+
+    row = table_info(run)[0]  # the report says how to export it: from this session
+    assert row.command.startswith(f"slimtune.export({str(run.dir)!r}, {row.trial}, ")
     card = slimtune.export(run.dir, p.trial, tmp_path / "s.slim")
     assert card["test_accuracy"] == pytest.approx(_accuracy(student, xte, yte), abs=1e-6)
 

@@ -181,6 +181,12 @@ def test_export_command_is_quoted_and_never_holds_the_storage_url(tmp_path):
                    "--storage URL --study-name 'a b'")
 
 
+def test_a_model_given_in_python_is_exported_from_python(tmp_path):
+    cmd = export_command(tmp_path / "run", 3, python=True)
+    assert cmd.startswith(f"slimtune.export('{tmp_path}/run', 3, 'student-3.slim')")
+    assert "same" in cmd or "session" in cmd
+
+
 def test_cards_give_test_accuracy_and_a_card_of_another_run_is_refused(run_dir, tmp_path):
     card = tmp_path / "student.json"
     card.write_text(json.dumps({"trial": 0, "run_dir": str(run_dir), "test_accuracy": 0.81}))

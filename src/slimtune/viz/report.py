@@ -27,7 +27,7 @@ from slimtune.viz.plans import PlanInfo, plan_info
 from slimtune.viz.table import (
     FrontRow,
     HeldOutAccuracy,
-    export_command,
+    command_of,
     held_out_accuracies,
     rows_of,
 )
@@ -149,9 +149,7 @@ def _point_data(info: ReportInfo) -> dict[str, Any]:
             "x_smaller": number(f.x_smaller(p)), "x_fewer": number(f.x_fewer(p)),
             "relative": p.accuracy / f.teacher["accuracy"] if f.teacher["accuracy"] else None,
             "test": [test.accuracy, test.source] if test else None,
-            "command": rows[p.trial].command if p.trial in rows else export_command(
-                f.run_dir, p.trial, shared_storage=f.shared_storage,
-                study_name=f.study_name),
+            "command": rows[p.trial].command if p.trial in rows else command_of(f, p.trial),
             "plan": plan.text if plan else None,
             "distill": [plan.temperature, plan.alpha] if plan else None,
             "history": history.get(p.trial),

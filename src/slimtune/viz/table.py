@@ -8,11 +8,12 @@ import shlex
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from slimtune.inmemory import is_memory
 from slimtune.search.study import Run
 from slimtune.viz.front import FrontInfo, as_run, front_info, number
 
 __all__ = ["FrontRow", "HeldOutAccuracy", "table_info", "rows_of", "export_command",
-           "held_out_accuracies"]
+           "command_of", "held_out_accuracies"]
 
 
 class HeldOutAccuracy(NamedTuple):
@@ -33,9 +34,15 @@ class FrontRow(NamedTuple):
 
 
 def export_command(run_dir: Path, trial: int, *, shared_storage: bool = False,
-                   study_name: str = "slimtune") -> str:
+                   study_name: str = "slimtune", python: bool = False) -> str:
     """The ``slimtune export`` command for ``trial``, quoted for a shell (a ``--storage``
-    URL is written ``URL``: it may hold a password)."""
+    URL is written ``URL``: it may hold a password). ``python``: the model was given as
+    a Python object, which only the search's session holds: the call to make there."""
+    if python:
+        extra = "" if study_name == "slimtune" else f", study_name={study_name!r}"
+        extra += ", storage=URL" if shared_storage else ""
+        return (f"slimtune.export({str(run_dir)!r}, {trial}, 'student-{trial}.slim'{extra})"
+                "  # in the Python session that ran the search")
     cmd = f"slimtune export {shlex.quote(str(run_dir))} --trial {trial} " \
           f"--out student-{trial}.slim"
     if shared_storage:
@@ -90,7 +97,11 @@ def rows_of(front: FrontInfo, tests: dict[int, HeldOutAccuracy]) -> list[FrontRo
     return [FrontRow(p.trial, p.size_bytes, front.x_smaller(p), p.flops, front.x_fewer(p),
                      p.accuracy, p.accuracy / t["accuracy"] if t["accuracy"] else None,
                      tests.get(p.trial),
-                     export_command(front.run_dir, p.trial,
-                                    shared_storage=front.shared_storage,
-                                    study_name=front.study_name))
+                     command_of(front, p.trial))
             for p in front.front]
+
+
+def command_of(front: FrontInfo, trial: int) -> str:
+    """:func:`export_command` for a trial of ``front``'s run."""
+    return export_command(front.run_dir, trial, shared_storage=front.shared_storage,
+                          study_name=front.study_name, python=is_memory(front.model))
