@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from slimtune.knobs import KNOBS
 from slimtune.search.config import SearchConfig as _D
+from slimtune.units import fmt_bytes as _fmt_bytes
+from slimtune.units import fmt_count as _fmt_count
 
 __all__ = ["cli", "err", "_q", "_storage_args", "_progress", "_fmt_bytes", "_fmt_count",
            "_fmt_seconds", "_D", "_OPT_IN", "_trust_opt", "_out_opt", "_onnx_opt",
@@ -52,21 +54,6 @@ _trust_opt = click.option(
     help="Allow a model or data set that the file or study names as MODULE:function to be "
          "imported from MODULE and run (repeatable). Without it, only built-in and "
          "torchvision: names are used.")
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1000
-    return str(n)  # pragma: no cover
-
-
-def _fmt_count(n: float) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

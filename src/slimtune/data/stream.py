@@ -9,6 +9,7 @@ with worker processes and pinned memory when the batches go to a GPU.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -81,8 +82,9 @@ class DatasetSplit:
             raise DataError(f"cannot read example {i} of the data set: "
                             f"{type(exc).__name__}: {exc}") from None
 
-    @property
+    @functools.cached_property
     def input_shape(self) -> tuple[int, ...]:
+        """One example's shape (the first one read once, then kept)."""
         return tuple(self.item(0).shape)
 
     @property

@@ -13,7 +13,7 @@ from slimtune.objectives import dominance
 from slimtune.objectives.dominance import nondominated
 from slimtune.objectives.table import DEFAULT_OBJECTIVES, OBJECTIVES, objectives_of
 
-__all__ = ["FrontPoint", "pareto_front", "hypervolume", "normalized_losses"]
+__all__ = ["FrontPoint", "pareto_front", "hypervolume", "normalized_losses", "feasible"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class FrontPoint:
                    extra=_extra(out))
 
 
-def _feasible(t: optuna.trial.FrozenTrial) -> bool:
+def feasible(t: optuna.trial.FrozenTrial) -> bool:
     """All of the trial's constraints (budgets) hold, as Optuna judges them."""
     return all(c <= 0.0 for c in t.constraints.values())
 
@@ -89,7 +89,7 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
     """
     directions = [d.name.lower() for d in study.directions]
     done = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-            if _feasible(t)]
+            if feasible(t)]
     front = nondominated(sorted(done, key=lambda t: t.number), lambda t: t.values, directions)
     points = [FrontPoint.of(t) for t in front]
     return sorted(points, key=lambda p: (p.size_bytes, -p.accuracy))

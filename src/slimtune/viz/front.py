@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from slimtune.knobs import KNOBS
-from slimtune.search.pareto import FrontPoint, hypervolume, pareto_front
+from slimtune.search.pareto import FrontPoint, feasible, hypervolume, pareto_front
 from slimtune.search.study import Run, open_run
 
 __all__ = ["FrontInfo", "front_info", "plan_summary", "budgets_of", "number", "suggested",
-           "SUGGEST_KEEP", "as_run"]
+           "SUGGEST_KEEP", "as_run", "point_of"]
 
 #: the accuracy, relative to the teacher's, that the suggested export point keeps
 SUGGEST_KEEP = 0.95
@@ -85,8 +85,9 @@ def budgets_of(config: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _point(t: Any, metrics: list[str]) -> FrontPoint | None:
-    """A complete trial as a point, or None when its stored numbers are not numbers."""
+def point_of(t: Any, metrics: list[str]) -> FrontPoint | None:
+    """A complete trial as a point, or None when its stored numbers (those of ``metrics``
+    included) are not numbers or its plan is not a mapping."""
     try:
         p = FrontPoint.of(t)
     except (KeyError, TypeError, ValueError):
@@ -119,11 +120,11 @@ def front_info(run: str | Path | Run) -> FrontInfo:
                "WAITING": "waiting"}.get(t.state.name, "running")
         counts[key] += 1
         if t.state.name == "COMPLETE" and t.number not in on_front:
-            p = _point(t, metrics)
+            p = point_of(t, metrics)
             if p is None:
                 continue
             others.append(p)
-            if not all(c <= 0.0 for c in t.constraints.values()):
+            if not feasible(t):
                 infeasible.add(t.number)
     return FrontInfo(run.dir, cfg["data"], cfg["model"], run.teacher, front, others, counts,
                      objectives, budgets_of(cfg),

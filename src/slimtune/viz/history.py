@@ -19,9 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from slimtune.objectives.dominance import nondominated
 from slimtune.objectives.table import objectives_of
-from slimtune.search.pareto import FrontPoint, hypervolume
+from slimtune.search.pareto import FrontPoint, feasible, hypervolume
 from slimtune.search.study import Run
-from slimtune.viz.front import FrontInfo, as_run, front_info, number
+from slimtune.viz.front import FrontInfo, as_run, front_info, number, point_of
 
 __all__ = ["HistoryEvent", "HistoryInfo", "history_info", "PHASES", "phase_of"]
 
@@ -141,8 +141,8 @@ def history_info(run: str | Path | Run, front: FrontInfo | None = None) -> Histo
     for order, (_, _, t, in_main) in enumerate(jobs, start=1):
         a = t.user_attrs
         spent += number(a.get("epochs_trained")) or 0.0
-        if in_main and t.state == TrialState.COMPLETE and _feasible(t):
-            p = _as_point(t, metrics)
+        if in_main and t.state == TrialState.COMPLETE and feasible(t):
+            p = point_of(t, metrics)
             if p is not None:
                 kept = nondominated([*kept, p], lambda q: [q.metric(m) for m in metrics],
                                     directions)
@@ -159,18 +159,5 @@ def history_info(run: str | Path | Run, front: FrontInfo | None = None) -> Histo
     rungs = run.meta.get("config", {}).get("rungs") if fidelity else None
     ladder = [float(r) for r in rungs] if isinstance(rungs, list) and all(
         number(r) is not None for r in rungs) else None
-    return HistoryInfo(events, ladder if fidelity else None)
+    return HistoryInfo(events, ladder)
 
-
-def _feasible(t: FrozenTrial) -> bool:
-    return all(c <= 0.0 for c in t.constraints.values())
-
-
-def _as_point(t: FrozenTrial, metrics: list[str]) -> FrontPoint | None:
-    try:
-        p = FrontPoint.of(t)
-        if all(number(p.metric(m)) is not None for m in metrics):
-            return p
-    except (KeyError, TypeError, ValueError):
-        pass
-    return None

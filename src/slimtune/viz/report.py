@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from slimtune import __version__
 from slimtune.search.study import Run
+from slimtune.units import fmt_bytes, fmt_count
 from slimtune.viz import figures
 from slimtune.viz.front import FrontInfo, as_run, front_info, number, suggested
 from slimtune.viz.history import HistoryInfo, history_info
@@ -93,20 +94,6 @@ def _fig_json(fig: Any) -> Any:
     return json.loads(fig.to_json())
 
 
-def _fmt_bytes(n: float) -> str:
-    for unit, size in (("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-def _fmt_count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return f"{int(n)}"
-
-
 def _views(info: ReportInfo) -> list[dict[str, Any]]:
     """The figures, each with what the page needs to mark the selected point in it."""
     f = info.front
@@ -163,8 +150,8 @@ def _table_html(info: ReportInfo) -> str:
             "<th>× fewer MACs</th><th>validation accuracy</th><th>of the teacher's</th>"
             "<th>test accuracy</th><th>export command</th></tr>")
     t = f.teacher
-    rows = [f"<tr class='teacher'><td>teacher</td><td>{_fmt_bytes(t['size_bytes'])}</td>"
-            f"<td>1.0</td><td>{_fmt_count(t['flops'])}</td><td>1.00</td>"
+    rows = [f"<tr class='teacher'><td>teacher</td><td>{fmt_bytes(t['size_bytes'])}</td>"
+            f"<td>1.0</td><td>{fmt_count(t['flops'])}</td><td>1.00</td>"
             f"<td>{t['accuracy']:.4f}</td><td>100.0 %</td>"
             f"<td>{t['test_accuracy']:.4f} <span class='src'>(the uncompressed model)</span>"
             "</td><td></td></tr>"]
@@ -174,8 +161,8 @@ def _table_html(info: ReportInfo) -> str:
         rel = f"{r.val_relative * 100:.1f} %" if r.val_relative is not None else "-"
         cmd = html.escape(r.command)
         rows.append(
-            f"<tr data-trial='{r.trial}'><td>{r.trial}</td><td>{_fmt_bytes(r.size_bytes)}</td>"
-            f"<td>{r.x_smaller:.1f}</td><td>{_fmt_count(r.flops)}</td><td>{r.x_fewer:.2f}</td>"
+            f"<tr data-trial='{r.trial}'><td>{r.trial}</td><td>{fmt_bytes(r.size_bytes)}</td>"
+            f"<td>{r.x_smaller:.1f}</td><td>{fmt_count(r.flops)}</td><td>{r.x_fewer:.2f}</td>"
             f"<td>{r.val_accuracy:.4f}</td><td>{rel}</td><td>{test}</td>"
             f"<td><code>{cmd}</code> <button class='copy' data-copy='{cmd}'>copy</button>"
             "</td></tr>")
@@ -188,8 +175,8 @@ def _summary_html(info: ReportInfo) -> str:
     c = f.counts
     return (
         f"<p>Teacher (uncompressed): validation accuracy <b>{t['accuracy']:.4f}</b>, test "
-        f"{t['test_accuracy']:.4f}, {_fmt_bytes(t['size_bytes'])} on disk, "
-        f"{_fmt_count(t['flops'])} MACs. Trials: {c['complete']} complete, {c['pruned']} "
+        f"{t['test_accuracy']:.4f}, {fmt_bytes(t['size_bytes'])} on disk, "
+        f"{fmt_count(t['flops'])} MACs. Trials: {c['complete']} complete, {c['pruned']} "
         f"stopped or not promoted, {c['failed']} failed"
         + (f", {c['running']} running" if c["running"] else "")
         + f". Front: <b>{len(f.front)}</b> points, hypervolume <b>{f.hypervolume:.4f}</b> "
