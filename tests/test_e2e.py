@@ -117,6 +117,42 @@ def test_export_load_and_eval_agree_with_the_model_card(run, capsys, tmp_path):
     assert abs(json.loads(out)["accuracy"] - card["test_accuracy"]) <= 0.001
 
 
+def test_export_writes_every_onnx_format_with_its_accuracy_in_the_card(run, capsys, tmp_path):
+    """`slimtune export --onnx float,lowbit,qdq` (issue 16) on a front point that quantizes."""
+    pytest.importorskip("onnxruntime")
+    from slimtune.export.onnx_options import onnx_path
+
+    plans = {t.number: t.user_attrs.get("plan", {}) for t in run.run.study.get_trials()}
+    trial = next(p.trial for p in run.front if any(
+        lp.get("bits", 32) < 32 for lp in plans[p.trial].get("layers", {}).values()))
+    out = tmp_path / "out" / "m.slim"
+    code, _, err = _cli(capsys, "export", str(run.run.dir), "--trial", str(trial), "--out",
+                        str(out), "--onnx", "float,lowbit,qdq", "--calibration", "64")
+    assert code == 0, err
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "m.json", "m.lowbit.onnx", "m.onnx", "m.qdq.onnx", "m.slim"]
+    card = json.loads(out.with_suffix(".json").read_text())
+    for fmt in ("float", "lowbit", "qdq"):
+        o = card["onnx"][fmt]
+        assert o["path"] == str(onnx_path(out, fmt)) and o["format"] == fmt
+        assert o["bytes"] == onnx_path(out, fmt).stat().st_size
+        assert o["torch_test_accuracy"] == pytest.approx(card["test_accuracy"])
+        assert o["test_examples"] == 360  # the digits test split, run in onnxruntime
+        assert f"wrote {onnx_path(out, fmt)}" in " ".join(err.split())
+    assert card["onnx"]["lowbit"]["test_agreement"] >= 0.99
+    assert card["onnx"]["lowbit"]["bytes"] < card["onnx"]["float"]["bytes"]
+    assert "QLinearConv" in card["onnx"]["qdq"]["kernels"]
+    # `--onnx` alone is the float file, as before
+    code, _, err = _cli(capsys, "export", str(run.run.dir), "--trial", str(trial), "--out",
+                        str(tmp_path / "f.slim"), "--onnx")
+    assert code == 0, err
+    assert list(json.loads((tmp_path / "f.json").read_text())["onnx"]) == ["float"]
+    code, _, err = _cli(capsys, "export", str(run.run.dir), "--trial", str(trial), "--out",
+                        str(tmp_path / "g.slim"), "--onnx", "int8")
+    assert code == 2 and "`--onnx` must be a comma-separated list of float, lowbit, qdq" in err
+    assert not (tmp_path / "g.slim").exists()
+
+
 def test_a_second_search_in_a_run_dir_is_refused_and_resume_adds_to_the_budget(run,
                                                                                 ray_session):
     from slimtune.errors import RunDirError

@@ -160,19 +160,36 @@ def space(model: str, data: str, *, pruning: str = "both", knobs: tuple[str, ...
                           title=f"{model} on {data}", macs=macs)
 
 
+def _onnx_options(onnx: Any, opset: int | None, calibration: int | None) -> Any:
+    from slimtune.export.onnx_options import OnnxOptions
+
+    given = {k: v for k, v in (("max_opset", opset), ("calibration", calibration))
+             if v is not None}
+    if isinstance(onnx, OnnxOptions):
+        from dataclasses import replace
+
+        return replace(onnx, **given)
+    return OnnxOptions.of(onnx, **given)
+
+
 def export(
-    run_dir: str | Path, trial: int, out: str | Path, *, onnx: bool = False,
+    run_dir: str | Path, trial: int, out: str | Path, *, onnx: Any = None,
+    onnx_opset: int | None = None, calibration: int | None = None,
     storage: str | None = None, study_name: str = "slimtune",
     trust_module: str | list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it (with
-    ``onnx``, also ``out`` with suffix ``.onnx``); returns the card. User code the study
-    names runs only if ``trust_module`` trusts its module (see
+    """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it; returns
+    the card. ``onnx``: ONNX files to write beside it too (True: ``PATH.onnx`` with float32
+    weights; or formats from ``float``, ``lowbit``, ``qdq`` as a list or a comma-separated
+    string: ``PATH.FORMAT.onnx``); ``onnx_opset`` caps the opset of a lowbit file,
+    ``calibration`` is how many training images a qdq file is calibrated on. User code the
+    study names runs only if ``trust_module`` trusts its module (see
     :func:`slimtune.export.card.export`)."""
     from slimtune.export.card import export as export_run
     from slimtune.export.card import output_paths
     from slimtune.search.study import open_run
 
+    onnx = _onnx_options(onnx, onnx_opset, calibration)
     output_paths(out, onnx)  # outputs that clash are refused before the study is opened
     run = open_run(run_dir, storage=storage, study_name=study_name)
     return export_run(run, trial, out, onnx=onnx, trust_module=trust_module)
@@ -181,14 +198,16 @@ def export(
 def finetune(
     run_dir: str | Path, trial: int, out: str | Path, *, epochs: int,
     lr: float | None = None, batch_size: int | None = None, seed: int = 0,
-    onnx: bool = False, storage: str | None = None, study_name: str = "slimtune",
+    onnx: Any = None, onnx_opset: int | None = None, calibration: int | None = None,
+    storage: str | None = None, study_name: str = "slimtune",
     trust_module: str | list[str] | None = None,
     on_epoch: Callable[[int, int, float, float], None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune front point ``trial`` of ``run_dir`` for ``epochs`` on the full training
     split, keep its best epoch by validation accuracy and write it to ``out`` with its
     model card (numbers measured on the new file; the search's beside them); returns the
-    card. ``on_epoch(epoch, epochs, loss, val_accuracy)`` after each epoch. See
+    card. ``on_epoch(epoch, epochs, loss, val_accuracy)`` after each epoch; ``onnx``,
+    ``onnx_opset`` and ``calibration`` as for :func:`export`. See
     :mod:`slimtune.search.finetune`."""
     from slimtune.export.card import output_paths
     from slimtune.search.finetune import FinetuneConfig
@@ -196,6 +215,7 @@ def finetune(
     from slimtune.search.study import open_run
 
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    onnx = _onnx_options(onnx, onnx_opset, calibration)
     output_paths(out, onnx)  # outputs that clash are refused before the study is opened
     run = open_run(run_dir, storage=storage, study_name=study_name, read_only=False)
     return run_finetune(run, trial, out, config, onnx=onnx, on_epoch=on_epoch,

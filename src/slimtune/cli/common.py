@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -76,9 +77,25 @@ def _fmt_seconds(s: float) -> str:
 _out_opt = click.option(
     "--out", type=click.Path(path_type=Path), required=True,
     help="File to write; the model card goes beside it with a .json suffix.")
-_onnx_opt = click.option(
-    "--onnx", is_flag=True,
-    help="Also write PATH.onnx (dequantized float32 weights), checked with onnxruntime.")
+_ONNX_HELP = ("Also write ONNX files, FORMATS comma-separated [--onnx alone: float]: float "
+              "(PATH.onnx, float32 weights), lowbit (PATH.lowbit.onnx, quantized layers as "
+              "INT2/INT4/INT8 + scales), qdq (PATH.qdq.onnx, int8 weights and activations "
+              "calibrated on training images: ONNX Runtime's integer kernels). Each is checked "
+              "in onnxruntime on the test split; the card records its accuracy.")
+
+
+def _onnx_opt(f: Any) -> Any:
+    f = click.option("--calibration", type=click.IntRange(min=16), default=None,
+                     metavar="N", help="Training images a qdq file's activation ranges are "
+                     "calibrated on [default: 256].")(f)
+    f = click.option("--onnx-opset", type=click.IntRange(20, 25), default=None,
+                     metavar="N", help="Highest opset a lowbit file may use [default: 25]: "
+                     "below 25 2-bit layers are stored as INT4, at 20 every layer as "
+                     "INT8 (for older runtimes).")(f)
+    return click.option("--onnx", is_flag=False, flag_value="float", default=None,
+                        metavar="FORMATS", help=_ONNX_HELP)(f)
+
+
 _storage_opt = click.option("--storage", default=None, metavar="URL",
                             help="The --storage URL the search used, if any.")
 _study_opt = click.option("--study-name", default=_D.study_name, show_default=True,

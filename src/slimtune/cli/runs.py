@@ -133,13 +133,15 @@ def report(run_dir: Path, out: Path | None, cards: tuple[Path, ...], storage: st
 @_storage_opt
 @_study_opt
 @_trust_opt
-def export(run_dir: Path, trial: int, out: Path, onnx: bool, storage: str | None,
-           study_name: str, trust_module: tuple[str, ...]) -> None:
+def export(run_dir: Path, trial: int, out: Path, onnx: str | None, onnx_opset: int | None,
+           calibration: int | None, storage: str | None, study_name: str,
+           trust_module: tuple[str, ...]) -> None:
     """Export one trial's compressed model and its model card."""
     from slimtune.api import export as run_export
     from slimtune.export.card import card_path
 
-    card = run_export(run_dir, trial, out, onnx=onnx, storage=storage, study_name=study_name,
+    card = run_export(run_dir, trial, out, onnx=onnx, onnx_opset=onnx_opset,
+                      calibration=calibration, storage=storage, study_name=study_name,
                       trust_module=list(trust_module) or None)
     r = card["ratios"]
     err.print(
@@ -149,11 +151,21 @@ def export(run_dir: Path, trial: int, out: Path, onnx: bool, storage: str | None
         f"(teacher {card['teacher']['test_accuracy']:.4f}), "
         f"{_fmt_count(card['flops'])} MACs ({r['flops_x_fewer']:.2f}x fewer)"
     )
-    if onnx:
-        o = card["onnx"]
-        err.print(f"wrote {o['path']} ({o['bytes']:,} bytes, float32 weights): onnxruntime "
-                  f"agrees with PyTorch on {o['argmax_agreement']:.1%} of a test batch "
-                  f"(max |diff| {o['max_abs_diff']:.1e})")
+    _print_onnx(card)
+
+
+def _print_onnx(card: dict[str, Any]) -> None:
+    """One line per ONNX file the card records."""
+    what = {"float": "float32 weights", "lowbit": "integer weights",
+            "qdq": "int8 weights and activations"}
+    for fmt, o in card.get("onnx", {}).items():
+        acc = (f"test accuracy {o['test_accuracy']:.4f} in onnxruntime (PyTorch "
+               f"{o['torch_test_accuracy']:.4f}, same argmax on {o['test_agreement']:.1%})"
+               if "test_accuracy" in o else
+               f"agrees with PyTorch on {o['argmax_agreement']:.1%} of a random batch")
+        types = sorted(set(o.get("weights", {}).values()))
+        kinds = f" {'/'.join(types)}" if types and fmt == "lowbit" else ""
+        err.print(f"wrote {o['path']} ({o['bytes']:,} bytes, {what[fmt]}{kinds}): {acc}")
 
 
 @cli.command()
@@ -175,8 +187,9 @@ def export(run_dir: Path, trial: int, out: Path, onnx: bool, storage: str | None
 @_study_opt
 @_trust_opt
 def finetune(run_dir: Path, trial: int, epochs: int, out: Path, lr: float | None,
-             batch_size: int | None, seed: int, onnx: bool, storage: str | None,
-             study_name: str, trust_module: tuple[str, ...]) -> None:
+             batch_size: int | None, seed: int, onnx: str | None, onnx_opset: int | None,
+             calibration: int | None, storage: str | None, study_name: str,
+             trust_module: tuple[str, ...]) -> None:
     """Fine-tune a front point to convergence on the full training split and export it.
 
     The plan's masks, bits and shapes are kept (the file is as large as the trial's); the
@@ -191,7 +204,8 @@ def finetune(run_dir: Path, trial: int, epochs: int, out: Path, lr: float | None
             bar.update(task, completed=epoch, info=f"loss {loss:.4f}  val {acc:.4f}")
 
         card = run_finetune(run_dir, trial, out, epochs=epochs, lr=lr, batch_size=batch_size,
-                            seed=seed, onnx=onnx, storage=storage, study_name=study_name,
+                            seed=seed, onnx=onnx, onnx_opset=onnx_opset,
+                            calibration=calibration, storage=storage, study_name=study_name,
                             trust_module=list(trust_module) or None, on_epoch=on_epoch)
     f, s = card["finetune"], card["finetune"]["search"]
     r = card["ratios"]
@@ -203,4 +217,5 @@ def finetune(run_dir: Path, trial: int, epochs: int, out: Path, lr: float | None
         f"{s['val_accuracy_full']:.4f}), test {card['test_accuracy']:.4f} (search's file "
         f"{s['test_accuracy_full']:.4f}; teacher {card['teacher']['test_accuracy']:.4f})"
     )
+    _print_onnx(card)
     err.print(_write_report(run_dir, storage, study_name))  # its table shows the new test

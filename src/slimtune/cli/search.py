@@ -24,6 +24,8 @@ from slimtune.cli.common import (
 )
 from slimtune.cli.runs import _print_front
 from slimtune.errors import SlimtuneError
+from slimtune.export.onnx_options import FORMATS
+from slimtune.objectives.latency import RUNTIMES
 from slimtune.objectives.table import OBJECTIVES
 from slimtune.search.config import PROMOTIONS, PRUNING_MODES, SAMPLERS
 
@@ -65,6 +67,15 @@ from slimtune.search.config import PROMOTIONS, PRUNING_MODES, SAMPLERS
                    "`slimtune space` prints a template.")
 @click.option("--objectives", default=",".join(_D.objectives), show_default=True,
               help=f"Comma-separated objectives from {','.join(OBJECTIVES)}.")
+@click.option("--latency-runtime", type=click.Choice(RUNTIMES), default=_D.latency_runtime,
+              show_default=True, help="Where the latency objective times a model: PyTorch, "
+              "or the ONNX file of --latency-format in onnxruntime (CPU, the trial's threads).")
+@click.option("--latency-batch", type=click.IntRange(min=1), default=_D.latency_batch,
+              show_default=True, metavar="N", help="Inputs per timed forward pass.")
+@click.option("--latency-format", type=click.Choice(list(FORMATS)),
+              default=_D.latency_format, show_default=True,
+              help="With --latency-runtime onnxruntime: the ONNX file timed (as `export "
+              "--onnx FORMAT` writes it; qdq runs onnxruntime's int8 kernels).")
 @click.option("--image-size", type=click.IntRange(4, 1024), default=None, metavar="PIXELS",
               help="With --data imagefolder:PATH: resize and centre-crop every image to "
                    "PIXELS x PIXELS [default: 32] (the same as --data imagefolderPIXELS:PATH).")

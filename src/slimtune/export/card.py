@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
 from slimtune.export.artifact import load_with_header, open_artifact
+from slimtune.export.onnx_options import OnnxOptions
 from slimtune.files import atomic_path, write_into
 from slimtune.models.train import accuracy  # the objective, beside the loop it reports
 from slimtune.trust import Trust
 
 __all__ = ["export", "card_path", "card_of", "evaluate", "read_card", "output_paths",
-           "trial_artifact", "write_export"]
+           "trial_artifact", "write_export", "onnx_writer"]
 
 #: a model card is a few kB; a larger file is not one of ours
 MAX_CARD_BYTES = 1 << 20
@@ -100,20 +102,21 @@ def evaluate(
             "examples": len(examples)}
 
 
-def output_paths(out: str | Path, onnx: bool) -> dict[str, Path]:
-    """What ``export`` writes: the artifact, its card and (``onnx``) the ONNX file; refused
-    when two of them would be the same file."""
+def output_paths(out: str | Path, onnx: Any = None) -> dict[str, Path]:
+    """What ``export`` writes: the artifact, its card and the ONNX files ``onnx`` asks for
+    (:meth:`OnnxOptions.of`); refused when two of them would be the same file."""
     out = Path(out)
     paths = {"artifact": out, "model card": card_path(out)}
-    if onnx:
-        paths["ONNX model"] = out.with_suffix(".onnx")
+    for fmt, p in OnnxOptions.of(onnx).paths(out).items():
+        paths[f"ONNX {fmt} model"] = p
+    onnx_note = " and the ONNX models to PATH[.FORMAT].onnx" if len(paths) > 2 else ""
     seen: dict[Path, str] = {}
     for what, p in paths.items():
         key = p.resolve() if p.parent.exists() else p.absolute()
         if key in seen:
             raise ConfigError(
                 f"`--out {out}` would write the {what} over the {seen[key]} ({p}): the model "
-                f"card goes to PATH.json{' and the ONNX model to PATH.onnx' if onnx else ''}; "
+                f"card goes to PATH.json{onnx_note}; "
                 "choose an --out with another suffix, e.g. model.slim")
         seen[key] = what
     return paths
@@ -159,20 +162,23 @@ def trial_artifact(run: StoredRun, trial: int) -> tuple[Any, Path]:
 
 
 def export(
-    run: StoredRun, trial: int, out: str | Path, *, onnx: bool = False,
+    run: StoredRun, trial: int, out: str | Path, *, onnx: Any = None,
     trust_module: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Write trial ``trial`` of the opened ``run`` to ``out`` and its model card beside it.
 
-    With ``onnx=True`` also ``out`` with suffix ``.onnx``: the student with dequantized
-    float32 weights, checked against PyTorch with onnxruntime (the result is in the card).
+    ``onnx`` (:meth:`OnnxOptions.of`: True, "float,lowbit,qdq", ...) also writes those ONNX
+    files beside it (``PATH.onnx``, ``PATH.lowbit.onnx``, ``PATH.qdq.onnx``), each checked
+    against PyTorch with onnxruntime on the test split (the results are in the card's
+    ``onnx``; a qdq file is calibrated on the training split).
     Returns the card. The test accuracy in the card is measured on the file's own bytes;
     the validation accuracy and FLOPs are those the search measured on the same bytes.
     The study and the artifact name the model and data set: user code among them runs
     only if ``trust_module`` trusts its module. Every file is written to a temporary file
     first and renamed once all of them are complete.
     """
-    paths = output_paths(out, onnx)
+    options = OnnxOptions.of(onnx)
+    paths = output_paths(out, options)
     trust = Trust.of(trust_module)
     t, src = trial_artifact(run, trial)
     model, header, raw = open_artifact(src, trust=trust)
@@ -183,8 +189,23 @@ def export(
     card = card_of(run, trial, header, raw, val_accuracy=val_acc,
                    test_accuracy=accuracy(model, ds.test), flops=macs, dense_flops=dense,
                    bitops=bitops)
-    write_export(paths, raw, card, model if onnx else None, header.input_shape)
+    write_export(paths, raw, card, onnx_writer(model, header, options, out, ds.train, ds.test))
     return card
+
+
+def onnx_writer(model: Any, header: Any, options: OnnxOptions, out: str | Path,
+                train: Any, test: Any) -> Callable[[], dict[str, Any]] | None:
+    """What writes the ONNX files ``options`` asks for (None: none are asked for)."""
+    if not options.formats:
+        return None
+
+    def write() -> dict[str, Any]:
+        from slimtune.export.onnx import onnx_files
+
+        return onnx_files(model, header.input_shape, header.plan, options, out,
+                          train=train, test=test)
+
+    return write
 
 
 def card_of(run: StoredRun, trial: int, header: Any, raw: bytes, *, val_accuracy: float,
@@ -229,16 +250,14 @@ def card_of(run: StoredRun, trial: int, header: Any, raw: bytes, *, val_accuracy
 
 
 def write_export(paths: dict[str, Path], raw: bytes, card: dict[str, Any],
-                 onnx_model: Any | None, input_shape: tuple[int, ...]) -> None:
+                 onnx: Callable[[], dict[str, Any]] | None = None) -> None:
     """Write the artifact ``raw`` and its ``card`` to :func:`output_paths`' ``paths`` (with
-    ``onnx_model``, the decoded model, also the ONNX file, its check in the card): each to
-    a temporary file first, renamed once all of them are complete."""
+    ``onnx``, :func:`onnx_writer`'s, also the ONNX files, their checks in the card's
+    ``onnx``): each to a temporary file first, renamed once all of them are complete."""
     with atomic_path(paths["artifact"], "--out") as tmp_artifact, \
             atomic_path(paths["model card"], "model card") as tmp_card:
         write_into(tmp_artifact, raw, "--out", paths["artifact"])
-        if onnx_model is not None:  # renamed into place as soon as it has been checked
-            from slimtune.export.onnx import export_onnx
-
-            card["onnx"] = export_onnx(onnx_model, input_shape, paths["ONNX model"])
+        if onnx is not None:  # renamed into place as soon as all of them have been checked
+            card["onnx"] = onnx()
         write_into(tmp_card, json.dumps(card, indent=2) + "\n", "model card",
                    paths["model card"])

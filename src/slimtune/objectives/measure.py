@@ -40,15 +40,22 @@ class Measured:
     device: torch.device | str = "cpu"  # where latency is timed
     structure: nn.Module | None = field(default=None, repr=False)  # the plain copy
     header: Any = field(default=None, repr=False)
+    #: how latency is timed (objectives/latency.py; None: batch 1 in PyTorch)
+    latency: Any = None
+    #: the training split: a qdq ONNX file timed in onnxruntime is calibrated on it
+    calibrate: Split | None = field(default=None, repr=False)
     _model: nn.Module | None = field(default=None, repr=False)
     _accuracy: float | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, student: nn.Module, model_name: str, num_classes: int,
            input_shape: tuple[int, ...], plan: Any, val: Split,
-           device: torch.device | str = "cpu") -> Measured:
+           device: torch.device | str = "cpu", *, latency: Any = None,
+           calibrate: Split | None = None) -> Measured:
         """Encode ``student`` (made by ``compress.apply(teacher, plan)``) and count its
-        FLOPs on the plain copy the artifact is made from."""
+        FLOPs on the plain copy the artifact is made from. ``latency`` (a
+        :class:`~slimtune.objectives.latency.LatencyConfig`) and ``calibrate`` say how
+        the latency objective times it."""
         from slimtune.compress.plain import plain_copy
         from slimtune.export.artifact import encode_plain, stored_weights
         from slimtune.export.header import Header
@@ -58,7 +65,7 @@ class Measured:
         stored = stored_weights(plain, plan)
         report = count_flops(plain, header.input_shape, stored)
         out = cls(encode_plain(plain, parts, header), report, stored, header.input_shape,
-                  val, device, plain, header)
+                  val, device, plain, header, latency, calibrate)
         out.model  # noqa: B018 - decoded now: what cannot be stored fails before training
         return out
 
@@ -70,7 +77,8 @@ class Measured:
 
         plain, parts = plain_copy(student)
         out = Measured(encode_plain(plain, parts, self.header), self.flops, self.stored,
-                       self.input_shape, self.val, self.device, plain, self.header)
+                       self.input_shape, self.val, self.device, plain, self.header,
+                       self.latency, self.calibrate)
         out.model  # noqa: B018 - decoded now, as before training
         return out
 
@@ -89,9 +97,14 @@ class Measured:
         return self._accuracy
 
     def latency_ms(self) -> float:
-        from slimtune.objectives.latency import latency_ms
+        from slimtune.objectives.latency import LatencyConfig, latency_ms, onnx_latency_ms
 
-        return latency_ms(copy.deepcopy(self.model), self.input_shape, self.device)
+        config = self.latency or LatencyConfig()
+        if config.runtime == "onnxruntime":
+            return onnx_latency_ms(self.model, self.input_shape, self.header.plan, config,
+                                   self.calibrate)
+        return latency_ms(copy.deepcopy(self.model), self.input_shape, self.device,
+                          batch=config.batch)
 
     def results(self, objectives: Iterable[str] = (), *,
                 test: Split | None = None) -> dict[str, Any]:

@@ -95,7 +95,7 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
               label="size on disk (bytes)"),
     Objective("flops", "flops", "minimize", _flops, before_training=True,
               label="effective MACs"),
-    Objective("latency", "latency_ms", "minimize", _latency, label="latency (ms, batch 1)"),
+    Objective("latency", "latency_ms", "minimize", _latency, label="latency (ms)"),
     Objective("weights", "stored_weights", "minimize", _stored_weights, before_training=True,
               label="stored weights"),
 )}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from slimtune.errors import ConfigError
+from slimtune.objectives.latency import LatencyConfig
 from slimtune.objectives.table import OBJECTIVES, objectives_of
 from slimtune.search.fidelity import PROMOTIONS
 from slimtune.spaces.space import PRUNING_MODES
@@ -97,6 +98,12 @@ class SearchConfig:
     #: "hypervolume" (contribution, log costs; at most 1/eta of a rung) or "moasha"
     #: (crowding, ASHA's uncapped rule: MO-ASHA as published)
     promotion: str = "hypervolume"
+    #: how the latency objective times a model: in PyTorch or onnxruntime (objectives/
+    #: latency.py), on batches of ``latency_batch``, in onnxruntime the ``latency_format``
+    #: ONNX file (``float``, ``lowbit`` or ``qdq``)
+    latency_runtime: str = "torch"
+    latency_batch: int = 1
+    latency_format: str = "qdq"
 
     def __post_init__(self) -> None:
         checks = [
@@ -131,6 +138,7 @@ class SearchConfig:
         ]
         objectives = tuple(self.objectives)
         object.__setattr__(self, "objectives", objectives)
+        self.latency  # noqa: B018 - validates the --latency-* settings
         checks += self._fidelity_checks()
         object.__setattr__(self, "knobs", tuple(self.knobs))
         if self.space is not None:
@@ -188,6 +196,11 @@ class SearchConfig:
             (self.promotion in PROMOTIONS, f"`--promotion` must be one of "
              f"{', '.join(PROMOTIONS)}, but got {self.promotion!r}"),
         ]
+
+    @property
+    def latency(self) -> LatencyConfig:
+        """How the latency objective times a model (``--latency-*``)."""
+        return LatencyConfig(self.latency_runtime, self.latency_batch, self.latency_format)
 
     @property
     def resolved_teacher_epochs(self) -> int:

@@ -282,7 +282,7 @@ def _trial_spec(config: SearchConfig, plan: dict[str, Any], job: Job, trust: Tru
         val_subset=config.val_subset,
         max_size=config.max_size if job.rung == 0 else None,
         max_flops=config.max_flops if job.rung == 0 else None,
-        early_stop=False, trust=tuple(trust.to_list()))
+        early_stop=False, trust=tuple(trust.to_list()), latency=config.latency)
 
 
 def _attrs(out: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:

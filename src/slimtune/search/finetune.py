@@ -35,7 +35,8 @@ from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
-from slimtune.export.card import card_of, output_paths, trial_artifact, write_export
+from slimtune.export.card import card_of, onnx_writer, output_paths, trial_artifact, write_export
+from slimtune.export.onnx_options import OnnxOptions
 from slimtune.models.teacher import _load_state
 from slimtune.models.train import accuracy
 from slimtune.models.zoo import build_model
@@ -99,14 +100,15 @@ def student_of(teacher: nn.Module, plan: Any, input_shape: tuple[int, ...],
 
 
 def finetune(
-    run: Run, trial: int, out: str | Path, config: FinetuneConfig, *, onnx: bool = False,
+    run: Run, trial: int, out: str | Path, config: FinetuneConfig, *, onnx: Any = None,
     on_epoch: Callable[[int, int, float, float], None] | None = None,
     trust_module: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune front point ``trial`` of ``run`` (opened writable) to convergence and
     write it to ``out`` with its model card beside it; returns the card.
     ``on_epoch(epoch, epochs, loss, val_accuracy)`` after every epoch."""
-    paths = output_paths(out, onnx)
+    options = OnnxOptions.of(onnx)
+    paths = output_paths(out, options)
     trust = Trust.of(trust_module)
     t, src = trial_artifact(run, trial)
     front = [p.trial for p in pareto_front(run.study)]
@@ -192,8 +194,8 @@ def finetune(
                    data={"dataset": cfg["data"], "data_dir": cfg.get("data_dir"),
                          "subset": None, "val_subset": None}, teacher=teacher_full)
     card["finetune"] = record
-    write_export(paths, measured.blob, card, measured.model if onnx else None,
-                 header.input_shape)
+    write_export(paths, measured.blob, card,
+                 onnx_writer(measured.model, header, options, out, data.train, data.test))
     done = dict(run.study.user_attrs.get("finetuned", {}))
     done.setdefault(str(trial), []).append({
         **{k: v for k, v in record.items() if k not in ("loss_curve",)},

@@ -123,6 +123,7 @@ def _loop(
                     subset=config.subset, val_subset=config.val_subset,
                     max_size=config.max_size,
                     max_flops=config.max_flops, front=front, trust=tuple(trust.to_list()),
+                    latency=config.latency,
                     # warm-start plans always train to the end: they are the reference the
                     # search must beat, and a genetic sampler's first generation
                     early_stop=config.early_stop and not enqueued,

@@ -71,7 +71,8 @@ def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str
         costs: dict[str, Any] = dict(spec.costs)
     else:
         measured = Measured.of(student, t.model, data.num_classes, data.input_shape, plan,
-                               data.val, device)  # size, FLOPs: exact before training
+                               data.val, device, latency=t.latency,
+                               calibrate=data.train)  # size, FLOPs: exact before training
         costs = {"size_bytes": len(measured.blob), "flops": measured.flops.effective,
                  "dense_flops": measured.flops.dense, "bitops": measured.flops.bitops}
         for o in objectives_of(t.objectives):  # the other costs (stored weights, latency)

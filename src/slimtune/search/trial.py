@@ -23,6 +23,7 @@ from slimtune.compress.recalibrate import recalibrate_batchnorm
 from slimtune.data.split import Split, as_split
 from slimtune.objectives.accuracy import accuracy
 from slimtune.objectives.dominance import dominates
+from slimtune.objectives.latency import LatencyConfig
 from slimtune.objectives.measure import Measured
 from slimtune.objectives.table import objectives_of
 from slimtune.search.worker import set_up, teacher_logits, worker_device
@@ -58,6 +59,8 @@ class TrialSpec:
     front: tuple[Finished, ...] = ()
     #: user modules the search trusts (its model and data set may be user code)
     trust: tuple[str, ...] = ()
+    #: how the latency objective times a model (``--latency-*``)
+    latency: LatencyConfig = LatencyConfig()
 
 
 def early_stop_margin(epoch: int, epochs: int) -> float:
@@ -127,7 +130,7 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
 
     # size, FLOPs and stored weights are final before training: a plan over budget stops
     measured = Measured.of(student, spec.model, data.num_classes, data.input_shape, plan,
-                           data.val, device)
+                           data.val, device, latency=spec.latency, calibrate=data.train)
     size, flops = len(measured.blob), measured.flops.effective
     if (spec.max_size is not None and size > spec.max_size) or (
         spec.max_flops is not None and flops > spec.max_flops

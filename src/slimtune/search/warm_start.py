@@ -47,12 +47,19 @@ def warm_start_plans(space: SearchSpace) -> list[CompressionPlan]:
 
 
 def _teacher_metrics(
-    teacher: torch.nn.Module, model: str, data: Any, objectives: tuple[str, ...]
+    teacher: torch.nn.Module, model: str, data: Any, config: SearchConfig
 ) -> dict[str, Any]:
-    """The teacher measured exactly as students are: through its own artifact."""
+    """The teacher measured exactly as students are: through its own artifact (its latency
+    timed as a trial's: the same runtime, batch and threads)."""
     measured = Measured.of(teacher, model, data.num_classes, data.input_shape,
-                           CompressionPlan(), data.val, "cpu")
-    return measured.results(objectives, test=data.test)
+                           CompressionPlan(), data.val, "cpu", latency=config.latency,
+                           calibrate=data.train)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, math.floor(config.cpus_per_trial)))
+    try:
+        return measured.results(config.objectives, test=data.test)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _begin_study(
@@ -69,7 +76,7 @@ def _begin_study(
     meta: dict[str, Any] = {
         "version": __version__,
         "config": config.to_dict(),
-        "teacher": _teacher_metrics(teacher, config.model, data, config.objectives),
+        "teacher": _teacher_metrics(teacher, config.model, data, config),
         "input_shape": list(data.input_shape),
         "num_classes": data.num_classes,
         "layers": list(space.layers),
