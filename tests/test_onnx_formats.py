@@ -231,3 +231,36 @@ def test_latency_objective_times_the_onnx_file_in_onnxruntime(trained, digits, m
                         ({"onnx": "int8"}, "`--latency-format` must be")]:
         with pytest.raises(ConfigError, match=needle):
             LatencyConfig(**bad)
+
+
+def test_a_trial_times_its_onnx_file_when_the_search_says_so(trained, digits, monkeypatch):
+    """The settings travel SearchConfig -> TrialSpec -> the trial's measurement."""
+    from slimtune.objectives import latency as lat
+    from slimtune.objectives.latency import LatencyConfig
+    from slimtune.search import SearchConfig
+    from slimtune.search.trial import TrialSpec, run_trial
+
+    config = SearchConfig(objectives=("accuracy", "size", "latency"),
+                          latency_runtime="onnxruntime", latency_batch=4)
+    assert config.latency == LatencyConfig("onnxruntime", 4, "qdq")
+    assert {k: config.to_dict()[k] for k in ("latency_runtime", "latency_batch",
+                                             "latency_format")} == {
+        "latency_runtime": "onnxruntime", "latency_batch": 4, "latency_format": "qdq"}
+    with pytest.raises(ConfigError, match="`--latency-runtime` must be one of"):
+        SearchConfig(latency_runtime="tvm")
+
+    timed = []
+    real = lat.time_session
+
+    def spy(session, x, **kw):
+        timed.append(x.shape)
+        return real(session, x, min_run_time=0.01)
+
+    monkeypatch.setattr(lat, "time_session", spy)
+    layers = list(SearchSpace.from_model(trained).layers)
+    spec = TrialSpec(model=NAME, data="digits", plan=_plans(layers)["4bit_sparse"].to_dict(),
+                     epochs=0, lr=1e-3, batch_size=64, seed=0, objectives=config.objectives,
+                     early_stop=False, latency=config.latency)
+    out = run_trial(spec, trained.state_dict())
+    assert out["status"] == "complete" and out["latency_ms"] > 0
+    assert timed == [(4, *digits.input_shape)]

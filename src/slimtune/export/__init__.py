@@ -17,7 +17,7 @@ def export(run_dir, trial, out, **kwargs):  # type: ignore[no-untyped-def]
 
 
 class _CallableModule(types.ModuleType):
-    """``slimtune.export(run_dir, trial, out, onnx=False, trust_module=None)`` exports a
+    """``slimtune.export(run_dir, trial, out, onnx=None, trust_module=None)`` exports a
     trial: it is :func:`slimtune.api.export` (which opens the run: export/ imports no
     search/ code of its own)."""
 
