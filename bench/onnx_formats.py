@@ -74,8 +74,9 @@ def step_search(args, teacher_pt: Path, root: Path) -> dict:
 
 
 def deploy_picks(arm: dict) -> list[int]:
-    """--deploy: the fastest point within 1 and within 2 points of the teacher's validation
-    accuracy (the search's, on a subset), and the smallest at >= 98 % of it."""
+    """--deploy: the fastest point within 1, 2 and 3 points of the teacher's validation
+    accuracy (the search's, on a subset) and the smallest at >= 98 % of it; the first three
+    distinct ones."""
     t = arm["teacher"]["accuracy"]
     front = arm["front"]
     picks = []
@@ -86,7 +87,10 @@ def deploy_picks(arm: dict) -> list[int]:
     ok = [p for p in front if p["val"] >= 0.98 * t]
     if ok:
         picks.append(min(ok, key=lambda p: p["size_bytes"])["trial"])
-    return list(dict.fromkeys(picks))
+    ok = [p for p in front if p["val"] >= t - 0.03]
+    if ok:
+        picks.append(min(ok, key=lambda p: p["latency_ms"])["trial"])
+    return list(dict.fromkeys(picks))[:3]
 
 
 def step_finetune(run_dir: str, trial: int, args, env, root: Path) -> dict:
@@ -166,8 +170,9 @@ def main() -> None:
                 done(f"finetune-{n}")
         if args.until == "finetune":
             return
-    if "files" not in out:
-        out["files"] = step_files(args, out, root, env)
+    files = step_files(args, out, root, env, out.get("files", {}))
+    if files != out.get("files"):
+        out["files"] = files
         done("files")
     out["latency"] = step_latency(out["files"], args)
     out["goal"] = goal(out)
@@ -210,8 +215,11 @@ def _onnx_of(slim: Path, run_dir: Path, fmts: tuple[str, ...], full: bool) -> di
                       train=ds.train, test=ds.test)
 
 
-def step_files(args, out: dict, root: Path, env) -> dict:
-    """name -> {slim, bytes, onnx: format -> report} for the teacher and three points."""
+def step_files(args, out: dict, root: Path, env, have: dict) -> dict:
+    """name -> {slim, bytes, onnx: format -> report} for the teacher and three points
+    (those in ``have`` are kept as they are)."""
+    if args.run_dir is not None and have:
+        return have
     if args.run_dir is not None:  # the points as the search left them (digits: converged)
         run_dir = args.run_dir
         res = subprocess.run([slimtune_bin(), "front", str(run_dir), "--json"], env=env,
@@ -236,7 +244,10 @@ def step_files(args, out: dict, root: Path, env) -> dict:
     beside = Path(next(iter(slims.values()))).parent  # one teacher file per arm
     files = {"teacher": {"slim": str(_teacher_slim(run_dir, beside))}}
     files.update({k: {"slim": str(v)} for k, v in slims.items()})
+    files = {k: have.get(k, v) for k, v in files.items()}
     for name, rec in files.items():
+        if "onnx" in rec:
+            continue
         fmts = ("float", "qdq") if name == "teacher" else FLAVOURS
         print(f"[onnx-bench] ONNX of {name} ...", flush=True)
         rec["bytes"] = Path(rec["slim"]).stat().st_size
