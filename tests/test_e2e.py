@@ -80,6 +80,8 @@ def test_front_json_cli_and_html(run, capsys):
     assert "plotly" in html and "Pareto front" in html and len(html) > 100_000  # js inlined
     code, out, err = _cli(capsys, "front", str(run.run.dir))
     assert code == 0 and "teacher" in out and "x smaller" in out and "FLOPs" in out
+    assert "(size and FLOPs relative to the teacher, 1 - accuracy; reference point (1, 1, 1)" \
+        in " ".join(out.split())  # the axes the run's objectives have
     # it suggests the smallest point keeping 95 % of the teacher's accuracy (else the best)
     suggested = int(" ".join(err.split()).split("export one with:")[1].split("--trial ")[1]
                     .split()[0])

@@ -71,9 +71,12 @@ def _print_front(run_dir: Path, storage: str | None = None,
     Console(highlight=False, markup=False, width=max(100, Console().width)).print(table)
     err.print("FLOPs = effective MACs at batch 1 (pruned weights skipped; the objective), "
               "dense = every weight multiplied, BOPs = MACs x weight bits x 32 activation bits")
+    names = {"size": "size", "flops": "FLOPs", "latency": "latency", "weights": "weights"}
+    costs = [names.get(o, o) for o in info.objectives if o != "accuracy"]
+    ref = ", ".join("1" for _ in info.objectives)
     click.echo(
-        f"hypervolume {info.hypervolume:.4f} (size and FLOPs relative to the teacher, "
-        "1 - accuracy; reference point (1, 1, 1); 1 would be a free, perfect model)")
+        f"hypervolume {info.hypervolume:.4f} ({' and '.join(costs)} relative to the teacher, "
+        f"1 - accuracy; reference point ({ref}); 1 would be a free, perfect model)")
     err.print(_write_report(run_dir, storage, study_name, html_path))
     pick = suggested_export(info)
     if pick is not None:
