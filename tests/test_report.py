@@ -362,3 +362,33 @@ def test_a_point_with_no_macs_left_has_no_ratio_but_a_page(run_dir):
     _add(study, 7, 0.1, 100, 0)  # every multiply pruned: "infinitely" fewer MACs
     data = _data(page(report_info(run_dir)))
     assert data["points"]["6"]["x_fewer"] is None and data["points"]["6"]["front"]
+
+
+def test_history_hypervolume_equals_the_front_of_every_prefix(tmp_path):
+    """The history skips recomputing the hypervolume for a job that leaves the front as it
+    is (issue 17: a study of thousands of trials); every value must still be the front's
+    of the trials finished so far, computed from scratch."""
+    import random
+
+    from slimtune.objectives.dominance import nondominated
+    from slimtune.search.pareto import FrontPoint, hypervolume
+
+    d = tmp_path / "run"
+    d.mkdir()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = create_study(d, optuna.samplers.RandomSampler(seed=0))
+    study.set_user_attr("slimtune", _meta())
+    rng = random.Random(1)
+    points = []
+    for minute in range(1, 61):
+        acc = round(rng.uniform(0.3, 0.9), 2)  # rounded: equal points occur too
+        size, flops = rng.choice([4_000, 8_000, 16_000]), rng.choice([2_000, 5_000, 9_000])
+        _add(study, minute, acc, size, flops)
+        points.append(FrontPoint(minute - 1, acc, size, flops, {}))
+    events = history_info(d).events
+    assert len(events) == 60
+    for i, e in enumerate(events, start=1):
+        front = nondominated(points[:i], lambda p: [p.accuracy, p.size_bytes, p.flops],
+                             ["maximize", "minimize", "minimize"])
+        assert e.hypervolume == pytest.approx(hypervolume(front, TEACHER)), i
+        assert e.hypervolume_log == pytest.approx(hypervolume(front, TEACHER, log=True)), i

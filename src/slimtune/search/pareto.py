@@ -13,7 +13,8 @@ from slimtune.objectives import dominance
 from slimtune.objectives.dominance import nondominated
 from slimtune.objectives.table import DEFAULT_OBJECTIVES, OBJECTIVES, objectives_of
 
-__all__ = ["FrontPoint", "pareto_front", "hypervolume", "normalized_losses", "feasible"]
+__all__ = ["FrontPoint", "pareto_front", "front_of", "hypervolume", "normalized_losses",
+           "feasible"]
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,17 @@ def pareto_front(study: optuna.Study) -> list[FrontPoint]:
 
     Trials with identical objective values are kept once (the earliest).
     """
-    directions = [d.name.lower() for d in study.directions]
-    done = [t for t in study.get_trials(deepcopy=False, states=[TrialState.COMPLETE])
-            if feasible(t)]
-    front = nondominated(sorted(done, key=lambda t: t.number), lambda t: t.values, directions)
+    return front_of(study.get_trials(deepcopy=False, states=[TrialState.COMPLETE]),
+                    [d.name.lower() for d in study.directions])
+
+
+def front_of(trials: Sequence[optuna.trial.FrozenTrial], directions: Sequence[str]
+             ) -> list[FrontPoint]:
+    """:func:`pareto_front` of trials already read (any states: the complete ones count),
+    for a reader that needs every trial anyway and should not read a large study twice."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and feasible(t)]
+    front = nondominated(sorted(done, key=lambda t: t.number), lambda t: t.values,
+                         list(directions))
     points = [FrontPoint.of(t) for t in front]
     return sorted(points, key=lambda p: (p.size_bytes, -p.accuracy))
 

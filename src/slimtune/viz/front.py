@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from slimtune.knobs import KNOBS
-from slimtune.search.pareto import FrontPoint, feasible, hypervolume, pareto_front
+from slimtune.search.pareto import FrontPoint, feasible, front_of, hypervolume
 from slimtune.search.study import Run, open_run
 
 __all__ = ["FrontInfo", "front_info", "plan_summary", "budgets_of", "number", "suggested",
@@ -110,12 +110,14 @@ def front_info(run: str | Path | Run) -> FrontInfo:
     objectives = tuple(o for o in cfg.get("objectives") or () if isinstance(o, str)) \
         or ("accuracy", "size", "flops")
     metrics = [o.metric for o in objectives_of(objectives)]
-    front = [p for p in pareto_front(run.study) if _point_ok(p, metrics)]
+    trials = run.study.get_trials(deepcopy=False)  # read once: a study may hold thousands
+    directions = [d.name.lower() for d in run.study.directions]
+    front = [p for p in front_of(trials, directions) if _point_ok(p, metrics)]
     on_front = {p.trial for p in front}
     others = []
     infeasible = set()
     counts = {"complete": 0, "failed": 0, "pruned": 0, "running": 0, "waiting": 0}
-    for t in run.study.get_trials(deepcopy=False):
+    for t in trials:
         key = {"COMPLETE": "complete", "FAIL": "failed", "PRUNED": "pruned",
                "WAITING": "waiting"}.get(t.state.name, "running")
         counts[key] += 1

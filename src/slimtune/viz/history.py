@@ -17,7 +17,7 @@ from typing import NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from slimtune.objectives.dominance import nondominated
+from slimtune.objectives.dominance import dominates, nondominated
 from slimtune.objectives.table import objectives_of
 from slimtune.search.pareto import FrontPoint, feasible, hypervolume
 from slimtune.search.study import Run
@@ -75,6 +75,18 @@ def phase_of(t: FrozenTrial, by_number: dict[int, FrozenTrial], depth: int = 0) 
     if isinstance(first, int) and first in by_number and first != t.number and depth < 50:
         return phase_of(by_number[first], by_number, depth + 1)
     return "warm start" if "fixed_params" in t.system_attrs else "sampler"
+
+
+def _covered(p: FrontPoint, kept: list[FrontPoint], metrics: list[str],
+             directions: list[str]) -> bool:
+    """``p`` leaves the front ``kept`` as it is (a point of it dominates or equals ``p``):
+    the hypervolume need not be computed again (most jobs of a long search)."""
+    mine = [p.metric(m) for m in metrics]
+    for q in kept:
+        theirs = [q.metric(m) for m in metrics]
+        if theirs == mine or dominates(theirs, mine, directions):
+            return True
+    return False
 
 
 def _finished(t: FrozenTrial) -> bool:
@@ -143,7 +155,7 @@ def history_info(run: str | Path | Run, front: FrontInfo | None = None) -> Histo
         spent += number(a.get("epochs_trained")) or 0.0
         if in_main and t.state == TrialState.COMPLETE and feasible(t):
             p = point_of(t, metrics)
-            if p is not None:
+            if p is not None and not _covered(p, kept, metrics, directions):
                 kept = nondominated([*kept, p], lambda q: [q.metric(m) for m in metrics],
                                     directions)
                 hv = hypervolume(kept, front.teacher, objectives)
