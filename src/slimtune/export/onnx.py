@@ -147,10 +147,8 @@ def quantized_layers(model: nn.Module, plan: Any) -> dict[str, int]:
 def calibration_images(split: Any, n: int) -> np.ndarray:
     """The first ``n`` inputs of a training split (:class:`~slimtune.data.split.Split`), as
     float32 numpy: the activation ranges of a ``qdq`` file are calibrated on them."""
-    xs, have = [], 0
-    for batch in split.head(int(n)).batches(256):
-        xs.append(batch.x.detach().float().cpu().numpy())
-        have += len(xs[-1])
+    xs = [batch.x.detach().float().cpu().numpy()
+          for batch in split.head(int(n)).batches(256)]
     if not xs:
         raise SlimtuneError("`--onnx qdq` needs calibration images, but the training split "
                             "is empty")
@@ -171,15 +169,10 @@ def session(path: str | Path, threads: int = 0, optimized: str | Path | None = N
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _kernels(onnx: ModuleType, path: Path) -> dict[str, int]:
-    """Op type -> count in the graph ONNX Runtime runs after its optimizations (fused
-    QLinearConv / QGemm are the integer kernels)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="slimtune-ort-") as tmp:
-        opt = Path(tmp) / "optimized.onnx"
-        session(path, threads=1, optimized=opt)
-        graph = onnx.load(str(opt), load_external_data=False).graph
+def _kernels(onnx: ModuleType, optimized: Path) -> dict[str, int]:
+    """Op type -> count in the graph ONNX Runtime runs after its optimizations (saved at
+    ``optimized`` by :func:`session`; fused QLinearConv / QGemm are the integer kernels)."""
+    graph = onnx.load(str(optimized), load_external_data=False).graph
     counts: dict[str, int] = {}
     for node in graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
@@ -230,6 +223,30 @@ def _to_onnx(model: nn.Module, example: torch.Tensor) -> Any:
     return _strip(proto)
 
 
+def _float_graph(model: nn.Module, example: torch.Tensor, exported: dict[str, Any] | None
+                 ) -> Any:
+    """The float32 graph of ``model``: exported now, or a copy of the one ``exported``
+    keeps (which it keeps from now on)."""
+    import onnx
+
+    if exported is None or "graph" not in exported:
+        graph = _to_onnx(model, example)
+        if exported is None:
+            return graph
+        exported["graph"] = graph
+    proto = onnx.ModelProto()
+    proto.CopyFrom(exported["graph"])  # the rewrites change their graph in place
+    return proto
+
+
+def _need_quantized(layer_bits: dict[str, int]) -> None:
+    if not layer_bits:
+        raise SlimtuneError(
+            "`--onnx lowbit` stores quantized layers as integers, but the plan quantizes no "
+            "layer (every weight is float32); export --onnx float, or --onnx qdq to "
+            "quantize it to int8 at export")
+
+
 def _strip(proto: Any) -> Any:
     """``proto`` without the exporter's per-node provenance (PyTorch stack traces and node
     names in ``metadata_props`` and ``doc_string``) and the shapes it inferred for
@@ -255,6 +272,7 @@ def export_onnx(
     max_opset: int = MAX_OPSET,
     check_batch: int = 64,
     seed: int = 0,
+    exported: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` in format ``fmt`` (:data:`FORMATS`) and check
     the file with onnxruntime.
@@ -265,10 +283,12 @@ def export_onnx(
     :func:`calibration_images`) is what ``qdq`` calibrates activation ranges on. ``test``
     (a :class:`~slimtune.data.split.Split`) adds the file's accuracy on it, the PyTorch
     model's, and how often their argmax agree. ``max_opset`` caps the opset a lowbit file
-    may need (below 25 a 2-bit layer is stored as INT4, below 21 every layer as INT8).
+    may need (below 25 a 2-bit layer is stored as INT4, at 20 every layer as INT8).
     The check also runs ``check_batch`` inputs through both PyTorch and onnxruntime (CPU):
     the first of ``test``, else standard-normal ones drawn from a ``torch.Generator``
-    seeded with ``seed`` (``max_abs_diff``, ``argmax_agreement``).
+    seeded with ``seed`` (``max_abs_diff``, ``argmax_agreement``). ``exported``: a dict
+    shared by the calls that write one model in several formats: the model is exported to
+    a float32 graph once, kept there, and each format rewrites a copy.
 
     Returns ``{"path", "format", "bytes", "opset", "max_abs_diff", "argmax_agreement",
     "kernels"}`` (``kernels``: op type -> count in the graph onnxruntime runs), with
@@ -283,11 +303,8 @@ def export_onnx(
     if fmt not in FORMATS:
         raise SlimtuneError(f"`--onnx` must be one of {', '.join(FORMATS)}, but got {fmt!r}")
     layer_bits = dict(layer_bits or {})
-    if fmt == "lowbit" and not layer_bits:
-        raise SlimtuneError(
-            "`--onnx lowbit` stores quantized layers as integers, but the plan quantizes no "
-            "layer (every weight is float32); export --onnx float, or --onnx qdq to "
-            "quantize it to int8 at export")
+    if fmt == "lowbit":
+        _need_quantized(layer_bits)
     try:
         shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError):
@@ -305,6 +322,7 @@ def export_onnx(
     except OSError as exc:
         raise SlimtuneError(f"cannot create the directory for {path}: {_reason(exc)}") from exc
     tmp = path.with_name(path.name + ".tmp")
+    ort_graph = path.with_name(path.name + ".ort.tmp")  # the graph onnxruntime runs
 
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -328,7 +346,7 @@ def export_onnx(
                 f"the model must return one tensor of logits, got {type(out).__name__}"
             )
 
-        proto = _to_onnx(model, example.to(device))
+        proto = _float_graph(model, example.to(device), exported)
         if fmt != "float":
             from slimtune.export.onnx_weights import layer_codes
 
@@ -355,8 +373,8 @@ def export_onnx(
         except Exception as exc:
             raise SlimtuneError(f"the exported ONNX model is invalid: {_reason(exc)}") from exc
         try:
-            run = session(tmp)
-            report["kernels"] = _kernels(onnx, tmp)
+            run = session(tmp, optimized=ort_graph)
+            report["kernels"] = _kernels(onnx, ort_graph)
         except Exception as exc:
             raise SlimtuneError(
                 f"onnxruntime cannot run the exported ONNX model: {_reason(exc)}"
@@ -373,6 +391,7 @@ def export_onnx(
         for m, training in modes.items():
             m.training = training
         tmp.unlink(missing_ok=True)
+        ort_graph.unlink(missing_ok=True)
 
     n = expected.shape[0]
     diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
@@ -398,8 +417,8 @@ def onnx_files(model: nn.Module, input_shape: tuple[int, ...], plan: Any,
     accuracy of every file. The files are written under temporary names and renamed only
     once all of them passed their checks: a failure leaves none of them behind."""
     layer_bits = quantized_layers(model, plan)
-    if "lowbit" in options.formats and not layer_bits:
-        export_onnx(model, input_shape, onnx_path(out, "lowbit"), fmt="lowbit")  # its error
+    if "lowbit" in options.formats:
+        _need_quantized(layer_bits)  # before any file is written
     calibration = None
     if "qdq" in options.formats:
         if train is None:
@@ -408,13 +427,15 @@ def onnx_files(model: nn.Module, input_shape: tuple[int, ...], plan: Any,
         calibration = calibration_images(train, options.calibration)
     reports: dict[str, dict[str, Any]] = {}
     parts: dict[Path, Path] = {}
+    exported: dict[str, Any] = {}  # the float32 graph, exported once for every format
     try:
         for fmt, final in options.paths(out).items():
             part = final.with_name(final.name + ".part")
             parts[part] = final
             reports[fmt] = export_onnx(model, input_shape, part, fmt=fmt,
                                        layer_bits=layer_bits, calibration=calibration,
-                                       test=test, max_opset=options.max_opset)
+                                       test=test, max_opset=options.max_opset,
+                                       exported=exported)
         for part, final in parts.items():
             part.replace(final)
     finally:

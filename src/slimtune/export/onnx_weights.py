@@ -87,9 +87,7 @@ def _output_axis(graph: Any, name: str, ndim: int) -> int:
             return 0 if attrs.get("transB", 0) else 1
         if node.op_type == "MatMul" and node.input[1] == name:
             return ndim - 1
-        if node.op_type == "ConvTranspose":  # torch's dim 0 is ONNX's too: input channels
-            return 0
-        return 0
+        return 0  # Conv, ConvTranspose: torch's dim 0 is ONNX's too
     return 0
 
 

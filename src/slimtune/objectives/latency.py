@@ -54,10 +54,6 @@ class LatencyConfig:
             raise ConfigError(f"`--latency-format` must be one of {', '.join(FORMATS)}, but "
                               f"got {self.onnx!r}")
 
-    def describe(self) -> str:
-        where = "PyTorch" if self.runtime == "torch" else f"onnxruntime, {self.onnx} ONNX"
-        return f"batch {self.batch}, {where}"
-
 
 def latency_ms(
     model: nn.Module,
