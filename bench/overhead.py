@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             logging_level=logging.ERROR)
     ours, base = [], []
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up: worker processes start, the digits teacher trains once (not timed)

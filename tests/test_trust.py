@@ -305,14 +305,21 @@ def _full(path, data):
         f.write(data[: len(data) // 2])
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-pathlib.Path.write_bytes = _full
+_write = pathlib.Path.write_bytes
+def _write_full(self, data):
+    # FULL_FOR=store: every write fails, the artifact store's start-up check first
+    if "slimtune-probe" in self.name and os.environ.get("FULL_FOR") != "store":
+        return _write(self, data)
+    return _full(self, data)
+
+pathlib.Path.write_bytes = _write_full
 _save = torch.save
 def _save_half(obj, path, *a, **k):
     import io
     buf = io.BytesIO()
     _save(obj, buf)
     _full(path, buf.getvalue())
-if os.environ.get("FULL_FOR") != "artifacts":
+if os.environ.get("FULL_FOR") not in ("artifacts", "store"):
     torch.save = _save_half
 main(sys.argv[1:])
 """
@@ -329,10 +336,14 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_nothing(finished_run, 
 
 def test_a_full_disk_during_a_search_is_one_line_and_leaves_no_trial_running(ray_session,
                                                                             work):
-    """Teacher first (its save fails: no teacher.pt nor teacher.pt.tmp), then a trial's
-    artifact (its save fails: the running trials are marked failed for --resume)."""
+    """The artifact store's start-up check first (nothing runs), then the teacher (its
+    save fails: no teacher.pt nor teacher.pt.tmp), then a trial's artifact (its save
+    fails: the running trials are marked failed for --resume)."""
     args = ["search", "--trials", "2", "--epochs", "1", "--teacher-epochs", "1",
             "--no-warm-start", "--address", "auto"]
+    r = run_python(DISK_FULL, work, args=[*args, "--run-dir", "s"], env={"FULL_FOR": "store"})
+    r.assert_refused("cannot use the artifact store s/artifacts", "No space left on device")
+    assert not [p for p in (work / "s").rglob("*") if p.is_file() and p.name != "search.lock"]
     r = run_python(DISK_FULL, work, args=[*args, "--run-dir", "t"])
     r.assert_refused("teacher", "No space left on device", after_progress=True)
     assert not [p for p in (work / "t").iterdir() if "teacher" in p.name]

@@ -176,7 +176,7 @@ def export(
     run_dir: str | Path, trial: int, out: str | Path, *, onnx: Any = None,
     onnx_opset: int | None = None, calibration: int | None = None,
     storage: str | None = None, study_name: str = "slimtune",
-    trust_module: str | list[str] | None = None,
+    trust_module: str | list[str] | None = None, artifact_store: str | None = None,
 ) -> dict[str, Any]:
     """Write trial ``trial`` of ``run_dir`` to ``out`` and its model card beside it; returns
     the card. ``onnx``: ONNX files to write beside it too (True: ``PATH.onnx`` with float32
@@ -184,14 +184,17 @@ def export(
     string: ``PATH.FORMAT.onnx``); ``onnx_opset`` caps the opset of a lowbit file,
     ``calibration`` is how many training images a qdq file is calibrated on. User code the
     study names runs only if ``trust_module`` trusts its module (see
-    :func:`slimtune.export.card.export`)."""
+    :func:`slimtune.export.card.export`). The artifact is read from the store the search
+    recorded, or from ``artifact_store`` (a directory or ``s3://BUCKET/PREFIX``); with
+    ``storage``, ``run_dir`` need not exist."""
     from slimtune.export.card import export as export_run
     from slimtune.export.card import output_paths
     from slimtune.search.study import open_run
 
     onnx = _onnx_options(onnx, onnx_opset, calibration)
     output_paths(out, onnx)  # outputs that clash are refused before the study is opened
-    run = open_run(run_dir, storage=storage, study_name=study_name)
+    run = open_run(run_dir, storage=storage, study_name=study_name,
+                   artifact_store=artifact_store)
     return export_run(run, trial, out, onnx=onnx, trust_module=trust_module)
 
 
@@ -202,12 +205,13 @@ def finetune(
     storage: str | None = None, study_name: str = "slimtune",
     trust_module: str | list[str] | None = None,
     on_epoch: Callable[[int, int, float, float], None] | None = None,
+    artifact_store: str | None = None,
 ) -> dict[str, Any]:
     """Fine-tune front point ``trial`` of ``run_dir`` for ``epochs`` on the full training
     split, keep its best epoch by validation accuracy and write it to ``out`` with its
     model card (numbers measured on the new file; the search's beside them); returns the
     card. ``on_epoch(epoch, epochs, loss, val_accuracy)`` after each epoch; ``onnx``,
-    ``onnx_opset`` and ``calibration`` as for :func:`export`. See
+    ``onnx_opset``, ``calibration`` and ``artifact_store`` as for :func:`export`. See
     :mod:`slimtune.search.finetune`."""
     from slimtune.export.card import output_paths
     from slimtune.search.finetune import FinetuneConfig
@@ -217,7 +221,8 @@ def finetune(
     config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     onnx = _onnx_options(onnx, onnx_opset, calibration)
     output_paths(out, onnx)  # outputs that clash are refused before the study is opened
-    run = open_run(run_dir, storage=storage, study_name=study_name, read_only=False)
+    run = open_run(run_dir, storage=storage, study_name=study_name, read_only=False,
+                   artifact_store=artifact_store)
     return run_finetune(run, trial, out, config, onnx=onnx, on_epoch=on_epoch,
                         trust_module=trust_module)
 

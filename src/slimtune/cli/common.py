@@ -18,7 +18,7 @@ from slimtune.units import fmt_count as _fmt_count
 
 __all__ = ["cli", "err", "_q", "_storage_args", "_progress", "_fmt_bytes", "_fmt_count",
            "_fmt_seconds", "_D", "_OPT_IN", "_trust_opt", "_out_opt", "_onnx_opt",
-           "_storage_opt", "_study_opt"]
+           "_storage_opt", "_study_opt", "_store_opt", "_run_dir_arg", "_run_dir"]
 
 _OPT_IN = [n for n, k in KNOBS.items() if k.opt_in]
 
@@ -97,6 +97,22 @@ def _onnx_opt(f: Any) -> Any:
 
 
 _storage_opt = click.option("--storage", default=None, metavar="URL",
-                            help="The --storage URL the search used, if any.")
+                            help="The --storage URL the search used, if any (then RUN_DIR "
+                                 "may be left out).")
+_store_opt = click.option("--artifact-store", default=None, metavar="URL",
+                          help="Where the trial artifacts are, if not where the search "
+                               "recorded: a directory or s3://BUCKET[/PREFIX] (endpoint and "
+                               "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...).")
+_run_dir_arg = click.argument("run_dir", type=click.Path(path_type=Path), required=False)
+
+
+def _run_dir(run_dir: Path | None, storage: str | None) -> Path:
+    """RUN_DIR, which only a run in a --storage database may leave out (then ".")."""
+    if run_dir is not None:
+        return run_dir
+    if storage is None:
+        raise click.UsageError("give the RUN_DIR of a search, or the --storage URL (and "
+                               "--study-name) of its study")
+    return Path(".")
 _study_opt = click.option("--study-name", default=_D.study_name, show_default=True,
                           help="The study name inside --storage.")

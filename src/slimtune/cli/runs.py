@@ -18,8 +18,11 @@ from slimtune.cli.common import (
     _out_opt,
     _progress,
     _q,
+    _run_dir,
+    _run_dir_arg,
     _storage_args,
     _storage_opt,
+    _store_opt,
     _study_opt,
     _trust_opt,
     cli,
@@ -85,20 +88,21 @@ def _print_front(run_dir: Path, storage: str | None = None,
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@_run_dir_arg
 @click.option("--json", "as_json", is_flag=True, help="Print the front as JSON.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), default=None,
               help="Where to write the HTML report [default: RUN_DIR/report.html, "
                    "skipped when the run directory is read-only].")
 @_storage_opt
 @_study_opt
-def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | None,
+def front(run_dir: Path | None, as_json: bool, html_path: Path | None, storage: str | None,
           study_name: str) -> None:
     """Print the Pareto front of a run and write its HTML report. The study is opened
     read-only; nothing in the run directory changes but the report."""
     from slimtune.api import front as front_doc
     from slimtune.api import front_info
 
+    run_dir = _run_dir(run_dir, storage)
     if as_json:
         info = front_info(run_dir, storage=storage, study_name=study_name)
         err.print(_write_report(run_dir, storage, study_name, html_path))
@@ -108,7 +112,7 @@ def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | N
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@_run_dir_arg
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The HTML file to write [default: RUN_DIR/report.html].")
 @click.option("--card", "cards", type=click.Path(path_type=Path), multiple=True,
@@ -116,36 +120,40 @@ def front(run_dir: Path, as_json: bool, html_path: Path | None, storage: str | N
                    "shows its test accuracy. Repeatable.")
 @_storage_opt
 @_study_opt
-def report(run_dir: Path, out: Path | None, cards: tuple[Path, ...], storage: str | None,
-           study_name: str) -> None:
+def report(run_dir: Path | None, out: Path | None, cards: tuple[Path, ...],
+           storage: str | None, study_name: str) -> None:
     """Write the run's report: one self-contained HTML file (works offline) with linked
     views of the front (accuracy against size, against MACs, all three in 3-D), the
     hypervolume after each trial, every front point's per-layer plan and, for any point
     you click, its export command. The study is opened read-only."""
     from slimtune.api import report as write
 
+    run_dir = _run_dir(run_dir, storage)
     path = write(run_dir, out, storage=storage, study_name=study_name, cards=list(cards))
     err.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@_run_dir_arg
 @click.option("--trial", type=click.IntRange(min=0), required=True, help="Trial number.")
 @_out_opt
 @_onnx_opt
 @_storage_opt
 @_study_opt
+@_store_opt
 @_trust_opt
-def export(run_dir: Path, trial: int, out: Path, onnx: str | None, onnx_opset: int | None,
-           calibration: int | None, storage: str | None, study_name: str,
+def export(run_dir: Path | None, trial: int, out: Path, onnx: str | None,
+           onnx_opset: int | None, calibration: int | None, storage: str | None,
+           study_name: str, artifact_store: str | None,
            trust_module: tuple[str, ...]) -> None:
     """Export one trial's compressed model and its model card."""
     from slimtune.api import export as run_export
     from slimtune.export.card import card_path
 
-    card = run_export(run_dir, trial, out, onnx=onnx, onnx_opset=onnx_opset,
-                      calibration=calibration, storage=storage, study_name=study_name,
-                      trust_module=list(trust_module) or None)
+    card = run_export(_run_dir(run_dir, storage), trial, out, onnx=onnx,
+                      onnx_opset=onnx_opset, calibration=calibration, storage=storage,
+                      study_name=study_name, trust_module=list(trust_module) or None,
+                      artifact_store=artifact_store)
     r = card["ratios"]
     err.print(
         f"wrote {out} ({card['size_bytes']:,} bytes, {r['size_x_smaller']:.1f}x smaller than "
@@ -172,7 +180,7 @@ def _print_onnx(card: dict[str, Any]) -> None:
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@_run_dir_arg
 @click.option("--trial", type=click.IntRange(min=0), required=True,
               help="Trial number of a front point (`slimtune front`).")
 @click.option("--epochs", type=click.IntRange(min=1), required=True,
@@ -188,11 +196,12 @@ def _print_onnx(card: dict[str, Any]) -> None:
 @_onnx_opt
 @_storage_opt
 @_study_opt
+@_store_opt
 @_trust_opt
-def finetune(run_dir: Path, trial: int, epochs: int, out: Path, lr: float | None,
+def finetune(run_dir: Path | None, trial: int, epochs: int, out: Path, lr: float | None,
              batch_size: int | None, seed: int, onnx: str | None, onnx_opset: int | None,
              calibration: int | None, storage: str | None, study_name: str,
-             trust_module: tuple[str, ...]) -> None:
+             artifact_store: str | None, trust_module: tuple[str, ...]) -> None:
     """Fine-tune a front point to convergence on the full training split and export it.
 
     The plan's masks, bits and shapes are kept (the file is as large as the trial's); the
@@ -200,6 +209,7 @@ def finetune(run_dir: Path, trial: int, epochs: int, out: Path, lr: float | None
     from slimtune.api import finetune as run_finetune
     from slimtune.export.card import card_path
 
+    run_dir = _run_dir(run_dir, storage)
     with _progress() as bar:
         task = bar.add_task(f"fine-tuning trial {trial}", total=epochs, info="")
 
@@ -209,7 +219,8 @@ def finetune(run_dir: Path, trial: int, epochs: int, out: Path, lr: float | None
         card = run_finetune(run_dir, trial, out, epochs=epochs, lr=lr, batch_size=batch_size,
                             seed=seed, onnx=onnx, onnx_opset=onnx_opset,
                             calibration=calibration, storage=storage, study_name=study_name,
-                            trust_module=list(trust_module) or None, on_epoch=on_epoch)
+                            trust_module=list(trust_module) or None, on_epoch=on_epoch,
+                            artifact_store=artifact_store)
     f, s = card["finetune"], card["finetune"]["search"]
     r = card["ratios"]
     err.print(

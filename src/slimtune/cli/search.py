@@ -131,7 +131,13 @@ from slimtune.search.config import PROMOTIONS, PRUNING_MODES, SAMPLERS
               help="SQLAlchemy URL of a shared study (postgresql+psycopg://..., "
                    "mysql+pymysql://...) [default: SQLite in the run directory].")
 @click.option("--study-name", default=_D.study_name, show_default=True,
-              help="Study name inside --storage (several searches can share one database).")
+              help="Study name inside --storage (several searches can share one database; "
+                   "searches started with the same --storage and --study-name share one "
+                   "study and its trial budget).")
+@click.option("--artifact-store", default=None, metavar="URL",
+              help="Where trial artifacts go: a directory or s3://BUCKET[/PREFIX] (boto3; "
+                   "endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                   "AWS_SECRET_ACCESS_KEY, never stored) [default: RUN_DIR/artifacts].")
 @_trust_opt
 @click.pass_context
 def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str, ...],
@@ -215,6 +221,10 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         live()
         progress.console.log(f"warning: {text}")
 
+    def note(text: str) -> None:
+        live()
+        progress.console.log(text)
+
     def guided(seconds: float, plans: int) -> None:
         progress.console.log(f"sensitivity measured in {seconds:.0f} s: {plans} guided plans "
                              "queued after the uniform ones")
@@ -257,7 +267,7 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         progress.update(
             state["task"], completed=counts["epochs_spent"],
             info=f"screened {counts['screened']}, promoted {promoted}, fully trained "
-                 f"{counts['fully_trained']}, failed {counts['failed']}; front "
+                 f"{counts['fully_trained']}, failed {counts['failed']}{_lost(counts)}; front "
                  f"{counts['front']}, hypervolume {counts['hypervolume']:.4f}")
 
     def trial_done(t: Any, counts: dict[str, Any]) -> None:
@@ -292,7 +302,7 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         progress.update(
             state["task"], completed=finished,
             info=f"running {counts['running']}, pruned {counts['pruned']}, failed "
-                 f"{counts['failed']}; front {counts['front']}, hypervolume "
+                 f"{counts['failed']}{_lost(counts)}; front {counts['front']}, hypervolume "
                  f"{counts['hypervolume']:.4f}{left}",
         )
         if not err.is_terminal and finished % 10 == 0:
@@ -301,7 +311,7 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
     events = SearchEvents(teacher_epoch=teacher_epoch, teacher_step=teacher_step,
                           teacher_ready=teacher_ready, sensitivity=sensitivity, guided=guided,
                           started=started, trial_done=trial_done, warning=warning,
-                          ladder_started=ladder_started)
+                          note=note, ladder_started=ladder_started)
     trust = list(trust_module) or None
     try:
         if resume_dir is not None:
@@ -335,7 +345,8 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
         steps = ", ".join(f"{i}->{i + 1}: {p}" for i, p in enumerate(c["promoted"][:-1]))
         err.print(f"search finished in {result.seconds:.0f} s: {c['reached'][0]} plans "
                   f"screened, promoted {steps}; "
-                  f"{c['fully_trained']} fully fine-tuned, {c['failed']} jobs failed; "
+                  f"{c['fully_trained']} fully fine-tuned, {c['failed']} jobs failed"
+                  f"{_lost(c)}; "
                   f"{c['epochs_spent']:.1f} of {c['budget_epochs']:g} fine-tune epochs spent; "
                   f"hypervolume {c['hypervolume']:.4f}")
         _print_front(run_dir, kwargs.get("storage"),
@@ -347,6 +358,15 @@ def search(ctx: click.Context, resume_dir: Path | None, trust_module: tuple[str,
                  f"trained): {c['epochs_saved']} of "
                  f"{c['epochs_saved'] + c['epochs_trained']} trial epochs saved")
     err.print(f"search finished in {result.seconds:.0f} s: {c['done']} trials done, "
-              f"{c['failed']} failed{extra}; hypervolume {c['hypervolume']:.4f}")
+              f"{c['failed']} failed{_lost(c)}{extra}; hypervolume {c['hypervolume']:.4f}")
     _print_front(run_dir, kwargs.get("storage"), kwargs.get("study_name") or _D.study_name,
                  html_path=None)
+
+
+def _lost(counts: dict[str, Any]) -> str:
+    """", lost 1 Ray node, 2 trials retried" once a node was lost, else ""."""
+    nodes, retried = counts.get("nodes_lost", 0), counts.get("retried_lost", 0)
+    if not nodes and not retried:
+        return ""
+    return (f", lost {nodes} Ray node{'s' if nodes != 1 else ''}, {retried} "
+            f"{'trial' if retried == 1 else 'trials'} retried")

@@ -301,6 +301,21 @@ def open_artifact(path: str | Path, *, trust: Trust = NO_TRUST,
     return module, header, data
 
 
+def open_artifact_bytes(data: bytes, where: str, *, trust: Trust = NO_TRUST,
+                        model: nn.Module | None = None) -> tuple[nn.Module, Header]:
+    """The module stored in the bytes ``data`` (read from ``where``: a store, a trial) and
+    its header, with the same checks as a file's."""
+    source = f"the artifact {where}"
+    try:
+        header, start = parse_head(data, len(data))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{source}: {exc}") from None
+    check_model_bounds(header, len(data), start, model, trust, source)
+    _check_crc(data)
+    module, _ = _build(data, header, start, trust, source, model)
+    return module, header
+
+
 def load(path: str | Path, *, trust_module: str | list[str] | None = None,
          model: nn.Module | None = None) -> nn.Module:
     """The ``torch.nn.Module`` stored in an exported slimtune file (eval mode, CPU).

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
-from slimtune.export.artifact import load_with_header, open_artifact
+from slimtune.export.artifact import load_with_header, open_artifact_bytes
 from slimtune.export.onnx_options import OnnxOptions
 from slimtune.files import atomic_path, write_into
 from slimtune.models.train import accuracy  # the objective, beside the loop it reports
@@ -32,7 +32,7 @@ class StoredRun(Protocol):
     def study(self) -> Any: ...  # its optuna.Study
     @property
     def meta(self) -> dict[str, Any]: ...
-    def artifact_path(self, trial_number: int) -> Path: ...
+    def artifact(self, t: Any) -> tuple[bytes, str]: ...  # (bytes, where they were read)
 
 
 def card_path(path: str | Path) -> Path:
@@ -140,25 +140,27 @@ def _stored_numbers(attrs: dict[str, Any], raw: bytes, src: Path
             int(attrs["bitops"]))
 
 
-def trial_artifact(run: StoredRun, trial: int) -> tuple[Any, Path]:
-    """(the frozen trial, its artifact's path) of a completed trial of ``run``; a
+def trial_artifact(run: StoredRun, trial: int, trust: Trust
+                   ) -> tuple[Any, Any, Any, bytes, str]:
+    """(the frozen trial, its model, header, bytes, where they were read) of a completed
+    trial of ``run``, its artifact read from the run's store and checked; a
     :class:`RunDirError` naming what is wrong otherwise."""
+    from slimtune.errors import ArtifactError
+
     frozen = {t.number: t for t in run.study.get_trials(deepcopy=False)}
     if trial not in frozen:
         raise RunDirError(f"trial {trial} is not in {run.dir} (it has {len(frozen)} trials)")
     t = frozen[trial]
-    src = run.artifact_path(trial)
     if t.state.name != "COMPLETE" or t.user_attrs.get("status") == "over_budget":
         raise RunDirError(
             f"trial {trial} of {run.dir} did not complete; pick one from `slimtune front`"
         )
-    if not src.is_file():
-        raise RunDirError(
-            f"{src} is missing: trial {trial} ran on {t.user_attrs.get('host', 'another machine')}"
-            "; copy that machine's run directory `trials` folder here (or share the run "
-            "directory between machines)"
-        )
-    return t, src
+    raw, src = run.artifact(t)
+    try:
+        model, header = open_artifact_bytes(raw, f"of trial {trial}", trust=trust)
+    except ArtifactError as exc:
+        raise ArtifactError(f"trial {trial}'s artifact in {src} is damaged: {exc}") from None
+    return t, model, header, raw, src
 
 
 def export(
@@ -180,8 +182,7 @@ def export(
     options = OnnxOptions.of(onnx)
     paths = output_paths(out, options)
     trust = Trust.of(trust_module)
-    t, src = trial_artifact(run, trial)
-    model, header, raw = open_artifact(src, trust=trust)
+    t, model, header, raw, src = trial_artifact(run, trial, trust)
     cfg = run.meta["config"]
     ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"),
                       trust=trust, source=f"the study of {run.dir}")

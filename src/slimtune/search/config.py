@@ -87,6 +87,9 @@ class SearchConfig:
     early_stop: bool = True  # Pareto-aware early stopping of dominated trials
     storage: str | None = None  # SQLAlchemy URL of a shared study (default: SQLite in run dir)
     study_name: str = "slimtune"
+    #: where trial artifacts go (search/artifact_store.py): a directory or s3://BUCKET/PREFIX
+    #: (default: RUN_DIR/artifacts; with a shared --storage, that directory's absolute path)
+    artifact_store: str | None = None
     #: the search's budget in fine-tune epochs, summed over all trials (``--budget-epochs``)
     budget_epochs: float | None = None
     #: multi-fidelity search (search/fidelity.py); None: on when ``budget_epochs`` is given
@@ -141,6 +144,10 @@ class SearchConfig:
         self.latency  # noqa: B018 - validates the --latency-* settings
         checks += self._fidelity_checks()
         object.__setattr__(self, "knobs", tuple(self.knobs))
+        if self.artifact_store is not None:  # its canonical form, as the study stores it
+            from slimtune.search.artifact_store import StoreURL
+
+            object.__setattr__(self, "artifact_store", StoreURL.parse(self.artifact_store).url)
         if self.space is not None:
             from slimtune.spaces.rules import SpaceRules, load_space
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ from slimtune import inmemory
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
 from slimtune.models.teacher import TeacherConfig, load_or_train_teacher
+from slimtune.search import drivers
+from slimtune.search.artifact_store import DEFAULT_DIR, TEACHER_ATTR, TrialStore
 from slimtune.search.checks import check_model_runs, check_run_dir
 from slimtune.search.config import RESUME_OVERRIDES, SearchConfig
 from slimtune.search.events import SearchEvents, SearchResult, TrialRecord
@@ -108,6 +111,24 @@ def resume(
                   job_fn=job_fn)
 
 
+def _adopt_store(config: SearchConfig, store: TrialStore, meta: dict[str, Any],
+                 run_dir: Path) -> tuple[SearchConfig, TrialStore]:
+    """A driver joining a shared study writes to the study's artifact store: the one it
+    gave must be that one (a store given by default, its own ``RUN_DIR/artifacts``, gives
+    way to the study's)."""
+    theirs = meta["config"].get("artifact_store")
+    if theirs is None or theirs == config.artifact_store:
+        return config, store
+    if config.artifact_store != str((run_dir / DEFAULT_DIR).absolute()):
+        raise ConfigError(f"the study keeps its artifacts in {theirs}, not "
+                          f"{config.artifact_store}: join it with --artifact-store {theirs} "
+                          "(or without --artifact-store)")
+    config = replace(config, artifact_store=theirs)
+    store = TrialStore.of(theirs, run_dir)
+    store.check()
+    return config, store
+
+
 def search(
     config: SearchConfig,
     events: SearchEvents | None = None,
@@ -162,17 +183,32 @@ def search(
                 raise RunDirError(f"cannot write --run-dir {run_dir}: {exc.strerror or exc}"
                                   ) from None
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            study = create_study(run_dir, make_sampler(config.sampler, config.seed),
-                                 config.metrics, config.directions, config.storage,
-                                 config.study_name)
+            if shared and config.artifact_store is None:  # every driver must reach it
+                config = replace(config, artifact_store=str((run_dir / DEFAULT_DIR).absolute()))
+            store = TrialStore.of(config.artifact_store, run_dir)
+            store.check()  # before the study is made: a bad store is one line, at once
+
+            def make(load: bool) -> optuna.Study:
+                return create_study(run_dir, make_sampler(config.sampler, config.seed),
+                                    config.metrics, config.directions, config.storage,
+                                    config.study_name, load_if_exists=load)
+
+            study, created = drivers.create_or_join(make)
+            if created and shared:
+                study.set_user_attr(drivers.BEGUN_ATTR, drivers.me())
             meta = study.user_attrs.get("slimtune")
-            if meta is not None and not resume:
+            if shared and not created and not resume:  # another driver's study: join it
+                meta = drivers.wait_until_begun(study, lambda begun: ev.note and ev.note(
+                    drivers.waiting_message(begun, config.study_name)))
+                config, store = _adopt_store(config, store, meta, run_dir)
+            if meta is not None and not resume and not shared:
                 raise RunDirError(
                     f"the study `{config.study_name}` in --storage already holds a search; "
-                    f"join or continue it with `slimtune search --resume "
+                    f"continue it with `slimtune search --resume "
                     f"{shlex.quote(str(run_dir))} --storage URL`")
             if meta is not None:
                 _check_settings(run_dir, config, meta)
+            driver = drivers.join_as_driver(study) if shared else 0
             retried = _fail_stale(study, all_running_dead=not shared)
             screen = None  # the multi-fidelity search's screening study (fidelity_loop.py)
             if config.fidelity:
@@ -183,6 +219,9 @@ def search(
             proposer = screen or study  # the study whose sampler proposes the plans
             n_before = len(proposer.get_trials(deepcopy=False))
 
+            teacher_ref_attr = study.user_attrs.get(TEACHER_ATTR)
+            if teacher_ref_attr is not None:  # the study's teacher, whoever trained it
+                store.fetch_teacher(teacher_ref_attr, run_dir / "teacher.pt")
             teacher, source = load_or_train_teacher(
                 run_dir / "teacher.pt", config.model, data,
                 TeacherConfig(epochs=config.resolved_teacher_epochs, seed=config.seed),
@@ -191,6 +230,8 @@ def search(
                 device="cuda" if torch.cuda.is_available() else "cpu", trust=trust,
                 source=named_by,
             )
+            if teacher_ref_attr is None and (shared or config.artifact_store is not None):
+                store.put_teacher(study, run_dir / "teacher.pt")  # for joiners, finetune
             space = SearchSpace.from_model(teacher, data.input_shape, config.pruning,
                                              config.knobs, rules=config.space)
             teacher_ref = ray.put({k: v.cpu() for k, v in teacher.state_dict().items()})
@@ -206,15 +247,18 @@ def search(
             # sampler state, so a resumed run reseeds (the same seed would replay the draws)
             population = meta.get("population", len(space.uniform_levels())
                                   if config.warm_start else None)
-            proposer.sampler = make_sampler(config.sampler, config.seed + 7919 * n_before,
-                                            population)
-            run = Run(dir=run_dir, study=study, storage=config.storage)
+            # each driver of a shared study its own seed: the same seed would propose the
+            # same plans from the same study
+            proposer.sampler = make_sampler(
+                config.sampler, config.seed + 7919 * n_before + 104729 * driver, population)
+            run = Run(dir=run_dir, study=study, storage=config.storage,
+                      artifact_store=config.artifact_store)
             if screen is not None:
                 counts = _fidelity_loop(config, run, screen, space, teacher_ref, concurrency,
                                         ev, job_fn, trust, signals)
             else:
                 counts = _loop(config, run, space, teacher_ref, concurrency, ev, trial_fn,
-                               shared, retried, trust, signals)
+                               shared, retried, trust, signals, driver)
     finally:
         if lock is not None:
             lock.release()

@@ -32,6 +32,7 @@ class SearchEvents:
     sensitivity: Callable[[int, int], None] | None = None  # (layers, tasks): pass begins
     guided: Callable[[float, int], None] | None = None  # (seconds, plans): pass done
     warning: Callable[[str], None] | None = None  # something went wrong, the search goes on
+    note: Callable[[str], None] | None = None  # what the search waits for or did, one line
     started: Callable[[int, int], None] | None = None  # (trials to run, concurrency)
     trial_done: Callable[[TrialRecord, dict[str, Any]], None] | None = None
     #: the multi-fidelity search begins: (budget in fine-tune epochs, rungs, concurrency)

@@ -35,13 +35,14 @@ import torch
 from optuna.trial import TrialState
 
 from slimtune.errors import SearchAborted
-from slimtune.export.artifact import save
 from slimtune.objectives.table import objectives_of
+from slimtune.search.artifact_store import ARTIFACT_ATTR
 from slimtune.search.checks import as_user_error
 from slimtune.search.config import SearchConfig
 from slimtune.search.events import _METRICS, SearchEvents, TrialRecord
 from slimtune.search.fidelity import MOASHA, Job, Result
 from slimtune.search.loop import _abandon, _feasible, _nondominated, _why_stopped
+from slimtune.search.node_loss import NodeLoss
 from slimtune.search.optuna_internals import (
     _frozen,
     _is_enqueued,
@@ -143,6 +144,8 @@ def _fidelity_loop(
         "epochs_spent": spent_before, "screened": 0, "fully_trained": full, **sched.counts(),
     }
     pending: dict[Any, _Running] = {}
+    specs: dict[Any, RungSpec] = {}  # each running job's spec: run again if its node is lost
+    lost = NodeLoss(config.cpus_per_trial, config.gpus_per_trial)
     #: plan id -> its screening trial (its plan, parameters and their distributions)
     plans = {t.number: t for t in screen.get_trials(deepcopy=False)}
     genetic = _is_genetic(screen.sampler)
@@ -173,7 +176,8 @@ def _fidelity_loop(
                       if job.start >= 0 and (job.start > 0 or rungs[0] > 0) else None),
             state_out=str(state_path(run.dir, job.plan, job.rung)) if keep else None,
             costs=_costs_of(plans[job.plan].user_attrs, config) if job.start >= 0 else None)
-        pending[task.remote(spec, teacher_ref)] = _Running(job, stop - start, plan, trial)
+        ref = task.remote(spec, teacher_ref)
+        pending[ref], specs[ref] = _Running(job, stop - start, plan, trial), spec
 
     if ev.ladder_started:
         ev.ladder_started(budget, rungs, concurrency)
@@ -206,8 +210,25 @@ def _fidelity_loop(
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 r = pending[ref]
+                result = ray_get(ref)
+                spec = specs.pop(ref)
+                if isinstance(result, BaseException) and lost.retry(
+                        (r.job.plan, r.job.rung), result):
+                    again = task.remote(spec, teacher_ref)
+                    pending[again], specs[again] = r, spec
+                    del pending[ref]
+                    concurrency = max(1, min(concurrency, lost.capacity()))
+                    counts.update(retried_lost=lost.retried, nodes_lost=lost.nodes_lost)
+                    if ev.note:
+                        ev.note(lost.describe((r.job.plan, r.job.rung),
+                                              f"the job of plan {r.job.plan} at rung {r.job.rung}"))
+                    continue
                 warm_running.discard(r.job.plan)
-                record, point = _finish_job(run, screen, plans, sched, r, ray_get(ref),
+                if isinstance(result, dict):
+                    result.update(lost.attrs((r.job.plan, r.job.rung)))
+                else:  # the trial's own error inside Ray's wrapper
+                    result = getattr(result, "cause", None) or result
+                record, point = _finish_job(run, screen, plans, sched, r, result,
                                             config, counts)
                 del pending[ref]
                 if r.job.rung == top and record.state == TrialState.COMPLETE:
@@ -247,7 +268,7 @@ def ray_get(ref: Any) -> dict[str, Any] | BaseException:
     try:
         return ray.get(ref)
     except Exception as exc:  # noqa: BLE001 - any job failure is recorded
-        return getattr(exc, "cause", None) or exc
+        return exc
 
 
 def _stop(screen: optuna.Study, pending: dict[Any, _Running], reason: str) -> None:
@@ -289,7 +310,7 @@ def _attrs(out: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     attrs: dict[str, Any] = {"plan": plan, "status": out["status"],
                              "epochs_trained": float(out["epochs_trained"]),
                              "seconds": round(float(out["seconds"]), 3)}
-    for key in (*_METRICS, "rung", "epochs", "ran", "threads", "device", "seed"):
+    for key in (*_METRICS, "rung", "epochs", "ran", "threads", "device", "seed", "retries"):
         if key in out:
             attrs["val_accuracy" if key == "accuracy" else key] = out[key]
     return attrs
@@ -360,12 +381,14 @@ def _finish_job(run: Run, screen: optuna.Study,
                                  for k, res in enumerate(sched.results) if job.plan in res}
     final = job.rung == top
     state = TrialState.COMPLETE if final else TrialState.PRUNED
+    system: dict[str, str] = {}
+    if final and out.get("artifact"):  # into the store first, then the trial that names it
+        attrs[ARTIFACT_ATTR], system = run.store.put(
+            out["artifact"], f"plan-{job.plan:05d}.slim")
     number = _add(study, plans[job.plan], state, values if final else None, attrs,
-                  constraints)
+                  constraints, system)
     if final:
         counts["done"] += 1
-        if out.get("artifact"):
-            save(run.artifact_path(number), out["artifact"])
         _drop_states(run, job.plan, top)
     else:
         counts["pruned"] += 1
@@ -374,15 +397,16 @@ def _finish_job(run: Run, screen: optuna.Study,
 
 
 def _add(study: optuna.Study, first: optuna.trial.FrozenTrial, state: TrialState,
-         values: list[float] | None, attrs: dict[str, Any], constraints: dict[str, float]
-         ) -> int:
+         values: list[float] | None, attrs: dict[str, Any], constraints: dict[str, float],
+         system: dict[str, str] | None = None) -> int:
     """A finished job as a new trial of the main study (the plan's parameters and their
-    distributions from its screening trial ``first``); its number."""
+    distributions from its screening trial ``first``; ``system``: its artifact's record);
+    its number."""
     now = time.time()
     ran = attrs.get("ran") or [now, now]
     trial = optuna.trial.create_trial(
         state=state, values=values, params=first.params, distributions=first.distributions,
-        user_attrs=attrs, constraints=constraints or None)
+        user_attrs=attrs, system_attrs=system or None, constraints=constraints or None)
     trial.datetime_start = _dt(ran[0])
     trial.datetime_complete = _dt(ran[1])
     number = len(study.get_trials(deepcopy=False))  # one driver: the next number

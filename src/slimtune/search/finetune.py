@@ -22,6 +22,7 @@ search-time and the converged numbers.
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from slimtune.models.train import accuracy
 from slimtune.models.zoo import build_model
 from slimtune.objectives.measure import Measured
 from slimtune.ops.quantize import reset_clipping
+from slimtune.search.artifact_store import TEACHER_ATTR
 from slimtune.search.pareto import pareto_front
 from slimtune.search.study import Run
 from slimtune.trust import Trust
@@ -110,15 +112,12 @@ def finetune(
     options = OnnxOptions.of(onnx)
     paths = output_paths(out, options)
     trust = Trust.of(trust_module)
-    t, src = trial_artifact(run, trial)
+    t, searched, header, raw, src = trial_artifact(run, trial, trust)
     front = [p.trial for p in pareto_front(run.study)]
     if trial not in front:
         raise RunDirError(f"trial {trial} of {run.dir} is not on the front (its trials: "
                           f"{', '.join(map(str, front)) or 'none'}); pick one from "
                           "`slimtune front`")
-    from slimtune.export.artifact import open_artifact
-
-    searched, header, raw = open_artifact(src, trust=trust)
     cfg = run.meta["config"]
     source = f"the study of {run.dir}"
     data = load_dataset(cfg["data"], cfg.get("data_dir"), trust=trust, source=source)
@@ -127,11 +126,7 @@ def finetune(
                           f"`{cfg['data']}` has {data.input_shape}")
     teacher = build_model(cfg["model"], data.num_classes, data.input_shape, trust=trust,
                           source=source)
-    teacher_pt = run.dir / "teacher.pt"
-    if not teacher_pt.is_file():
-        raise RunDirError(f"{teacher_pt} is missing: the fine-tune distils from the run's "
-                          "teacher")
-    _load_state(teacher, teacher_pt)
+    _load_teacher(run, teacher)
     plan = header.plan
     student = student_of(teacher, plan, data.input_shape, searched)
     _check_rebuilt(student, searched, data, src)
@@ -206,7 +201,24 @@ def finetune(
     return card
 
 
-def _check_rebuilt(student: nn.Module, searched: nn.Module, data: Any, src: Path) -> None:
+def _load_teacher(run: Run, teacher: nn.Module) -> None:
+    """The run's teacher weights: ``RUN_DIR/teacher.pt``, else the study's teacher artifact
+    from the store (on a machine without the run directory)."""
+    teacher_pt = run.dir / "teacher.pt"
+    if teacher_pt.is_file():
+        _load_state(teacher, teacher_pt)
+        return
+    ref = run.study.user_attrs.get(TEACHER_ATTR)
+    if ref is None:
+        raise RunDirError(f"{teacher_pt} is missing and the study stores no teacher in an "
+                          "artifact store: the fine-tune distils from the run's teacher")
+    with tempfile.TemporaryDirectory(prefix="slimtune-teacher-") as tmp:
+        path = Path(tmp) / "teacher.pt"
+        run.store.fetch_teacher(ref, path)
+        _load_state(teacher, path)
+
+
+def _check_rebuilt(student: nn.Module, searched: nn.Module, data: Any, src: str) -> None:
     """The rebuilt student computes what the trial's file does (on a few validation
     examples), else a :class:`RunDirError`: its plan does not rebuild it."""
     batch = next(iter(data.val.batches(64)))

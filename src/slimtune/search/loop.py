@@ -21,12 +21,15 @@ import torch
 from optuna.trial import TrialState
 
 from slimtune.errors import SearchAborted
-from slimtune.export.artifact import save
 from slimtune.objectives.dominance import nondominated
+from slimtune.search.artifact_store import ARTIFACT_ATTR
 from slimtune.search.checks import as_user_error
 from slimtune.search.config import SearchConfig
+from slimtune.search.drivers import study_lock
 from slimtune.search.events import _METRICS, SearchEvents, TrialRecord
+from slimtune.search.node_loss import NodeLoss
 from slimtune.search.optuna_internals import (
+    _count_trials,
     _frozen,
     _is_enqueued,
     _is_genetic,
@@ -50,7 +53,7 @@ def _loop(
     config: SearchConfig, run: Run, space: SearchSpace, teacher_ref: Any,
     concurrency: int, ev: SearchEvents,
     trial_fn: Callable[[TrialSpec, dict[str, torch.Tensor]], dict[str, Any]],
-    shared: bool, retried: list[int], trust: Trust, signals: Signals,
+    shared: bool, retried: list[int], trust: Trust, signals: Signals, driver: int = 0,
 ) -> dict[str, Any]:
     """Run the trials left of ``config.trials`` (``concurrency`` at a time) and return
     the search's counts (done, failed, pruned, over budget, hypervolume, epochs saved...)."""
@@ -81,6 +84,8 @@ def _loop(
     pending: dict[Any, optuna.trial.Trial] = {}
     asking: optuna.trial.Trial | None = None
     plans: dict[int, dict[str, Any]] = {}
+    specs: dict[int, TrialSpec] = {}  # to run a trial again when its node is lost
+    lost = NodeLoss(config.cpus_per_trial, config.gpus_per_trial)
     started = 0
     beat = time.monotonic()
     # breeding waits for the warm start: with a genetic sampler, a plan sampled while warm-
@@ -93,14 +98,15 @@ def _loop(
     try:
         while started < todo or pending:
             while started < todo and len(pending) < concurrency:
-                if shared and started and _counted(study) >= limit:
-                    todo = started  # other drivers of the shared study used the budget
-                    break
                 if genetic and not queued and enqueued_running:
                     break  # the warm start is still running: wait for it
-                with warnings.catch_warnings():  # heartbeats are ours, not optimize()'s
-                    warnings.filterwarnings("ignore", message="Heartbeat of storage")
-                    trial = study.ask()
+                with study_lock(study):  # drivers of a shared study: count and ask at once
+                    if shared and _counted(study) >= limit:
+                        todo = started  # other drivers of the shared study used the budget
+                        break
+                    with warnings.catch_warnings():  # heartbeats are ours, not optimize()'s
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                        trial = study.ask()
                 asking = trial  # a SIGINT from here to the submission must not leak it
                 enqueued = _is_enqueued(trial)
                 if enqueued:
@@ -128,6 +134,7 @@ def _loop(
                     # search must beat, and a genetic sampler's first generation
                     early_stop=config.early_stop and not enqueued,
                 )
+                specs[trial.number] = spec
                 pending[task.remote(spec, teacher_ref)] = trial
                 asking = None
                 started += 1
@@ -141,9 +148,21 @@ def _loop(
                 beat = time.monotonic()
             for ref in ready:
                 trial = pending[ref]  # stays pending (abandoned on SIGINT) until told
+                result = _result(ref)
+                if isinstance(result, BaseException) and lost.retry(trial.number, result):
+                    pending[task.remote(specs[trial.number], teacher_ref)] = trial
+                    del pending[ref]
+                    concurrency = max(1, min(concurrency, lost.capacity()))
+                    counts.update(retried_lost=lost.retried, nodes_lost=lost.nodes_lost)
+                    if ev.note:
+                        ev.note(lost.describe(trial.number))
+                    continue
                 enqueued_running.discard(trial.number)
-                point, record = _finish(run, trial, ref, counts, config, points,
-                                        teacher_metrics, plans.pop(trial.number))
+                specs.pop(trial.number, None)
+                point, record = _finish(run, trial, result, counts, config, points,
+                                        teacher_metrics, plans.pop(trial.number),
+                                        driver if shared else None,
+                                        lost.attrs(trial.number))
                 del pending[ref]
                 if point is not None:
                     points[:] = _nondominated([*points, point], config)  # O(front), not O(trials)
@@ -172,7 +191,13 @@ def _loop(
             raise
         raise err from None
     finally:  # once, not per trial: every storage write costs a commit
-        study.set_user_attr("hypervolume", counts["hypervolume"])
+        with study_lock(study):  # shared: of every driver's trials; the last one writes
+            if shared:
+                points = _nondominated([FrontPoint.of(t) for t in study.get_trials(
+                    deepcopy=False, states=[TrialState.COMPLETE]) if _feasible(t)], config)
+                counts["hypervolume"] = hypervolume(points, teacher_metrics,
+                                                    config.objectives)
+            study.set_user_attr("hypervolume", counts["hypervolume"])
     return counts
 
 
@@ -188,14 +213,12 @@ def _why_stopped(exc: BaseException, signals: Signals) -> str:
 
 def _counted(study: optuna.Study) -> int:
     """Trials that count toward the budget: finished ones (complete, pruned, failed by
-    their own error) and ones running now; not those interrupted and retried."""
-    n = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
-            n += 1
-        elif t.state == TrialState.FAIL and not t.user_attrs.get("interrupted"):
-            n += 1
-    return n
+    their own error) and ones running now; not those interrupted and retried. Counted by
+    the storage, reading only the failed trials (few): a shared study asks this before
+    every trial."""
+    n = _count_trials(study, (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    return n + sum(1 for t in study.get_trials(deepcopy=False, states=[TrialState.FAIL])
+                   if not t.user_attrs.get("interrupted"))
 
 
 
@@ -240,29 +263,42 @@ def _abandon(study: optuna.Study, pending: dict[Any, optuna.trial.Trial], reason
         retried.append((trial.params, _retry_attrs(
             trial.number, _frozen(trial).user_attrs)))
     pending.clear()
-    _requeue_first(study, retried, reorder)
+    with study_lock(study):  # new trials: numbered one at a time across drivers
+        _requeue_first(study, retried, reorder)
+
+
+def _result(ref: Any) -> Any:
+    """A finished task's result, or the exception ``ray.get`` raised for it."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except Exception as exc:  # noqa: BLE001 - recorded by the caller
+        return exc
 
 
 def _finish(
-    run: Run, trial: optuna.trial.Trial, ref: Any, counts: dict[str, Any],
+    run: Run, trial: optuna.trial.Trial, result: Any, counts: dict[str, Any],
     config: SearchConfig, points: list[FrontPoint], teacher: dict[str, Any],
-    plan: dict[str, Any],
+    plan: dict[str, Any], driver: int | None = None, retries: dict[str, Any] | None = None,
 ) -> tuple[FrontPoint | None, TrialRecord]:
-    """Record one finished task in the study: the new feasible front candidate (or None)
-    and the trial's record for the progress display."""
-    import ray
-
+    """Record one finished task (``result``: what it returned, or the exception it
+    raised) in the study: the new feasible front candidate (or None) and the trial's
+    record for the progress display. ``retries``: its attempts lost with their node."""
     metrics = config.metrics
+    retries = retries or {}
     try:
-        out = ray.get(ref)
+        if isinstance(result, BaseException):
+            raise result
+        out = result
         values = [float(out.get(m, 0.0) if out.get("status") == "pruned" else out[m])
                   for m in metrics]  # a pruned trial's values are never told
         if not all(math.isfinite(v) for v in values):
             raise ValueError(f"non-finite objective values {values}")
     except Exception as exc:  # noqa: BLE001 - any trial failure is recorded, the search goes on
         cause = getattr(exc, "cause", None) or exc
-        _set_user_attrs(run.study, trial,
-                        {"plan": plan, "error": f"{type(cause).__name__}: {cause}"[:2000]})
+        _set_user_attrs(run.study, trial, {"plan": plan, **retries,
+                                           "error": f"{type(cause).__name__}: {cause}"[:2000]})
         run.study.tell(trial, state=TrialState.FAIL)
         counts["failed"] += 1
         return None, _record(trial, TrialState.FAIL)
@@ -270,9 +306,11 @@ def _finish(
     trained = int(out.get("epochs_trained", config.epochs))
     counts["epochs_trained"] += trained
     attrs: dict[str, Any] = {"plan": plan, "status": status, "epochs_trained": trained,
-                             "seconds": round(float(out["seconds"]), 3)}
+                             "seconds": round(float(out["seconds"]), 3), **retries}
     if config.storage is not None:
-        attrs["host"] = socket.gethostname()  # where its artifact is
+        attrs["host"] = socket.gethostname()  # the driver that recorded it
+    if driver is not None:
+        attrs["driver"] = driver  # its index in the study's ``drivers``
     for key in (*_METRICS, "curve", "dominated_by", "dominator_accuracy", "ran", "threads",
                 "device", "seed"):
         if key in out:
@@ -292,16 +330,19 @@ def _finish(
         for name in limits:  # the sampler reads these: it steers away from violations
             trial.set_constraint(name, measured[name])
             feasible = feasible and measured[name] <= 0
+    system: dict[str, str] = {}
     if status == "over_budget":
         counts["over_budget"] += 1
         counts["epochs_saved"] += config.epochs
-    elif out.get("artifact"):
-        save(run.artifact_path(trial.number), out["artifact"])
+    elif out.get("artifact"):  # into the store first: the trial never names an object
+        # not fully written; a store that fails (a full disk) stops the search, resumable
+        attrs[ARTIFACT_ATTR], system = run.store.put(out["artifact"],
+                                                     f"trial-{trial.number:05d}.slim")
     point = FrontPoint.of_results(trial.number, out)
     if feasible:
         counts["hypervolume"] = hypervolume([*points, point], teacher, config.objectives)
     attrs["hypervolume"] = counts["hypervolume"]  # of the feasible trials so far
-    _set_user_attrs(run.study, trial, attrs)
+    _set_user_attrs(run.study, trial, attrs, system)
     run.study.tell(trial, values)
     counts["done"] += 1
     return (point if feasible else None), _record(trial, TrialState.COMPLETE, values)

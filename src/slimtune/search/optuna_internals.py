@@ -12,7 +12,9 @@ private here, and where it lives in Optuna 5.0.0:
   ``_set_trial_attr_without_commit``, ``check_trial_is_updatable``, ``scoped_session``;
 - ``optuna.storages._rdb.storage._create_scoped_session``, ``optuna.storages._rdb.models``;
 - ``optuna.samplers._ga.BaseGASampler`` with ``get_trial_generation`` and
-  ``_get_generation_key``; the ``fixed_params`` system attribute of an enqueued trial.
+  ``_get_generation_key``; the ``fixed_params`` system attribute of an enqueued trial;
+- ``optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX``: the ``artifacts:<id>`` system
+  attribute by which ``optuna.artifacts`` (and optuna-dashboard) list an artifact.
 
 A new Optuna version is checked here first (tests/test_resume.py and tests/test_engine.py
 exercise every function).
@@ -25,7 +27,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import optuna
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
 from optuna.trial import TrialState
+
+__all__ = ["ARTIFACTS_ATTR_PREFIX"]  # the rest are private helpers, imported by name
 
 # -- the trial and the sampler -----------------------------------------------------------
 
@@ -157,6 +162,22 @@ def _requeue_first(study: optuna.Study, plans: list[tuple[dict[str, Any], dict[s
 # -- fewer commits: a trial's writes in one transaction ------------------------------------
 
 
+def _count_trials(study: optuna.Study, states: tuple[TrialState, ...]) -> int:
+    """How many trials of the study are in ``states``: one COUNT query on an RDB storage
+    (Optuna's ``get_n_trials`` reads every trial to count them)."""
+    backend = _rdb_backend(study)
+    if backend is None:
+        return int(study._storage.get_n_trials(study._study_id, states))
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+
+    with _create_scoped_session(backend.scoped_session) as session:
+        return int(session.query(models.TrialModel)
+                   .filter(models.TrialModel.study_id == study._study_id,
+                           models.TrialModel.state.in_(list(states)))
+                   .count())
+
+
 def _rdb_backend(study: optuna.Study) -> Any:
     """The study's RDB storage (under Optuna's cache), or None for any other storage."""
     try:
@@ -205,14 +226,19 @@ def _one_commit_for_params(study: optuna.Study) -> Any:
                         distribution_json=distribution_to_json(dist)))
 
 
-def _set_user_attrs(study: optuna.Study, trial: optuna.trial.Trial, attrs: dict[str, Any]) -> None:
-    """All of a trial's user attributes in one transaction, not one commit each (the
-    engine's overhead per trial is mostly storage commits). Uses the RDB storage's private
-    per-attribute write inside one session; any other storage, one call per attribute."""
+def _set_user_attrs(study: optuna.Study, trial: optuna.trial.Trial, attrs: dict[str, Any],
+                    system: dict[str, Any] | None = None) -> None:
+    """All of a trial's user attributes (and ``system`` attributes: an artifact's record)
+    in one transaction, not one commit each (the engine's overhead per trial is mostly
+    storage commits). Uses the RDB storage's private per-attribute write inside one
+    session; any other storage, one call per attribute."""
+    system = system or {}
     backend = _rdb_backend(study)
     if backend is None:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        for k, v in system.items():
+            study._storage.set_trial_system_attr(trial._trial_id, k, v)
         return
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
@@ -221,4 +247,8 @@ def _set_user_attrs(study: optuna.Study, trial: optuna.trial.Trial, attrs: dict[
         for k, v in attrs.items():
             backend._set_trial_attr_without_commit(
                 session, models.TrialUserAttributeModel, trial._trial_id, k, v)
+        for k, v in system.items():
+            backend._set_trial_attr_without_commit(
+                session, models.TrialSystemAttributeModel, trial._trial_id, k, v)
     trial._cached_frozen_trial.user_attrs.update(attrs)
+    trial._cached_frozen_trial.system_attrs.update(system)

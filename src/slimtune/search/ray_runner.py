@@ -33,8 +33,8 @@ class RayCluster:
         try:
             if address:
                 ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=num_cpus or os.cpu_count() or 1,
+            else:  # "local": a new instance, even where `ray start` runs a cluster here
+                ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
                          object_store_memory=256 * 1024 * 1024, **kwargs)
         except ConnectionError as exc:
             raise SlimtuneError(f"cannot join the Ray cluster at {address!r}: {exc}") from None

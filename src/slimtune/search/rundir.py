@@ -18,7 +18,7 @@ from slimtune.search.config import SearchConfig
 def _check_settings(run_dir: Path, config: SearchConfig, meta: dict[str, Any]) -> None:
     old = meta["config"]
     for key in ("data", "model", "pruning", "knobs", "subset", "val_subset", "fidelity",
-                "rungs", "eta", "space"):
+                "rungs", "eta", "space", "artifact_store"):
         # a run from before a setting existed searched as its default does now
         before = old.get(key, False if key == "fidelity" else getattr(SearchConfig, key, None))
         before = tuple(before) if isinstance(before, list) else before

@@ -233,10 +233,14 @@ def _rdb(url: str, read_only: bool, sqlite: bool, heartbeat_interval: int | None
         if read_only:  # no tables created; reading needs no heartbeat
             return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
                                               skip_table_creation=True)
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            engine_kwargs={"pool_pre_ping": True},
-        )
+        import warnings
+
+        with warnings.catch_warnings():  # heartbeats: Optuna marks the argument experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                engine_kwargs={"pool_pre_ping": True},
+            )
     if read_only:
         from sqlalchemy.pool import NullPool
 

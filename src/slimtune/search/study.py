@@ -20,6 +20,7 @@ Trial values: the objectives in the order of the study's
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from slimtune.errors import ConfigError, RunDirError
 from slimtune.objectives.table import DEFAULT_OBJECTIVES
 from slimtune.objectives.table import OBJECTIVES as OBJECTIVE_TABLE
 from slimtune.search import storage as _storage
+from slimtune.search.artifact_store import ARTIFACT_ATTR, TrialStore
 from slimtune.search.config import SAMPLERS
 from slimtune.search.storage import DB_NAME, storage_url
 
@@ -105,7 +107,11 @@ def create_study(
     directions: list[str] | None = None,
     storage: str | None = None,
     study_name: str = STUDY_NAME,
+    load_if_exists: bool = True,
 ) -> optuna.Study:
+    """The study of a search (made, or opened with ``load_if_exists``; without it an
+    existing one is Optuna's ``DuplicatedStudyError``, which tells the drivers of a shared
+    study which one made it)."""
     metrics = list(metrics or OBJECTIVES)
     directions = list(directions or DIRECTIONS)
     study = optuna.create_study(
@@ -113,7 +119,7 @@ def create_study(
         storage=open_storage(run_dir, storage),
         directions=directions,
         sampler=sampler,
-        load_if_exists=True,
+        load_if_exists=load_if_exists,
     )
     if study.metric_names is not None and study.metric_names != metrics:
         raise RunDirError(
@@ -134,6 +140,8 @@ class Run:
     study: optuna.Study
     #: the ``--storage`` URL it was opened with (None: the SQLite file in ``dir``)
     storage: str | None = None
+    #: the ``--artifact-store`` it was opened with (None: the one its search used)
+    artifact_store: str | None = None
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -143,23 +151,81 @@ class Run:
     def teacher(self) -> dict[str, Any]:
         return self.meta["teacher"]
 
+    @functools.cached_property
+    def store(self) -> TrialStore:
+        """The artifact store: ``artifact_store`` if given, else the one the search
+        recorded, else ``RUN_DIR/artifacts``."""
+        url = self.artifact_store
+        if url is None and "slimtune" in self.study.user_attrs:
+            url = self.meta["config"].get("artifact_store")
+        return TrialStore.of(url, self.dir)
+
     def artifact_path(self, trial_number: int) -> Path:
+        """The local file of trial ``trial_number``'s artifact (for ``slimtune.load``): in
+        a directory store, its object there; in a run from before the artifact store,
+        ``RUN_DIR/trials/trial-NNNNN.slim``. An S3 store has no local file: use
+        :meth:`artifact_bytes` or ``slimtune export``."""
+        t = self._trial(trial_number)
+        artifact_id = t.user_attrs.get(ARTIFACT_ATTR) if t is not None else None
+        if artifact_id is None:
+            return self._legacy_path(trial_number)
+        if self.store.spec.kind != "dir":
+            raise RunDirError(f"trial {trial_number}'s artifact is in {self.store.where}, not "
+                              "a local file: use Run.artifact_bytes, or `slimtune export`")
+        return self.store.spec.directory(self.dir) / str(artifact_id)
+
+    def artifact_bytes(self, trial_number: int) -> bytes:
+        """The bytes of completed trial ``trial_number``'s artifact, from wherever it is."""
+        t = self._trial(trial_number)
+        if t is None:
+            raise RunDirError(f"trial {trial_number} is not in {self.dir}")
+        return self.artifact(t)[0]
+
+    def _trial(self, number: int) -> optuna.trial.FrozenTrial | None:
+        return next((t for t in self.study.get_trials(deepcopy=False) if t.number == number),
+                    None)
+
+    def _legacy_path(self, trial_number: int) -> Path:
         return self.dir / "trials" / f"trial-{trial_number:05d}.slim"
+
+    def artifact(self, t: optuna.trial.FrozenTrial) -> tuple[bytes, str]:
+        """(the bytes of completed trial ``t``'s artifact, where they were read from: the
+        store, or the file of a run from before the store);
+        one :class:`RunDirError` naming the trial and the store when it is missing,
+        unreadable or not the size the trial recorded."""
+        size = t.user_attrs.get("size_bytes")
+        size = size if isinstance(size, int) and not isinstance(size, bool) else None
+        if ARTIFACT_ATTR in t.user_attrs:
+            data = self.store.get(t.user_attrs[ARTIFACT_ATTR], f"trial {t.number}'s artifact",
+                                  size)
+            return data, self.store.where
+        src = self._legacy_path(t.number)  # a run from before the artifact store
+        if not src.is_file():
+            host = t.user_attrs.get("host", "another machine")
+            raise RunDirError(
+                f"{src} is missing: trial {t.number} ran on {host}; copy that machine's run "
+                "directory `trials` folder here (or share the run directory between machines)")
+        if size is not None and src.stat().st_size != size:
+            raise RunDirError(f"{src} is {src.stat().st_size:,} bytes, but its trial "
+                              f"recorded {size:,}: it is not that trial's artifact")
+        return src.read_bytes(), str(src)
 
 
 def open_run(
     run_dir: str | Path, sampler: optuna.samplers.BaseSampler | None = None,
     storage: str | None = None, study_name: str = STUDY_NAME, *, read_only: bool = True,
+    artifact_store: str | None = None,
 ) -> Run:
     """Open a finished or running slimtune run; :class:`RunDirError` if it is not one.
 
     ``read_only`` (the default: ``front``, ``export``, the report, reading the settings to
     resume): the study is opened read-only and the run directory is left exactly as it
     was, so a run on a read-only share opens too. Searches write through
-    :func:`create_study`.
+    :func:`create_study`. With ``storage``, ``run_dir`` need not exist (another machine
+    reads the study and its artifact store).
     """
     d = Path(run_dir)
-    if not d.is_dir():
+    if storage is None and not d.is_dir():
         raise RunDirError(f"{d} is not a directory; give the --run-dir of a slimtune search")
     db = d / DB_NAME
     if storage is None and not db.is_file():
@@ -182,7 +248,7 @@ def open_run(
     if meta is None or (isinstance(meta, dict) and "teacher" not in meta):
         raise RunDirError(f"{d} is not a finished slimtune run (no teacher metrics in its study)")
     check_meta(meta, where)
-    return Run(dir=d, study=study, storage=storage)
+    return Run(dir=d, study=study, storage=storage, artifact_store=artifact_store)
 
 
 _NUMBER = (int, float)
@@ -211,7 +277,8 @@ def check_meta(meta: Any, where: str) -> None:
         raise bad("`teacher`", "as an object")
     for key, types, optional in (("data", (str,), False), ("model", (str,), False),
                                  ("data_dir", (str,), True), ("checkpoint", (str,), True),
-                                 ("subset", (int,), True), ("val_subset", (int,), True)):
+                                 ("subset", (int,), True), ("val_subset", (int,), True),
+                                 ("artifact_store", (str,), True)):
         if not kind(cfg.get(key), types, optional):
             raise bad(f"`config.{key}`", "as a string" if types == (str,) else "as an integer")
     objectives = cfg.get("objectives", [])

@@ -18,6 +18,7 @@ from slimtune import __version__
 from slimtune.objectives.measure import Measured
 from slimtune.search.allocate import spread_plans
 from slimtune.search.config import SearchConfig
+from slimtune.search.drivers import QUEUED_ATTR
 from slimtune.search.events import SearchEvents
 from slimtune.search.guided import (
     ProbeSpec,
@@ -111,6 +112,7 @@ def _begin_study(
     for plan, phase in first:  # the report tells the warm start's plans apart by ``phase``
         (queue or study).enqueue_trial(space.params_of(plan), user_attrs={"phase": phase},
                                        skip_if_exists=True)
+    study.set_user_attr(QUEUED_ATTR, True)  # drivers joining a shared study wait for it
     return meta
 
 
