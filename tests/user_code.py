@@ -139,17 +139,14 @@ RUNG0_ACCURACY = 0.999
 
 def rung_job(spec, teacher_state):
     """A multi-fidelity job with plan-dependent numbers at once. It checks the engine's
-    wiring as a real job would need it: a job continuing a plan is given the file the job
-    below it saved (it raises otherwise), and it saves its own where told."""
-    from pathlib import Path
-
+    wiring as a real job would need it: a job continuing a plan is given the weights the
+    job below it returned (it raises otherwise), and it returns its own when told."""
     t = spec.trial
     if spec.state_in is not None:
-        saved = Path(spec.state_in).read_text()  # FileNotFoundError: the wiring is wrong
+        saved = spec.state_in.decode()
         if saved != f"{t.seed} {spec.start:g}":
-            raise RuntimeError(f"state {spec.state_in} holds {saved!r}, not this plan's")
-    if spec.state_out is not None:
-        Path(spec.state_out).write_text(f"{t.seed} {spec.stop:g}")
+            raise RuntimeError(f"the state given holds {saved!r}, not this plan's")
+    state = f"{t.seed} {spec.stop:g}".encode() if spec.state_out else None
     layers = list(t.plan["layers"].values())
     s = sum(lp["sparsity"] for lp in layers) / len(layers)
     keep = sum(lp["keep_ratio"] for lp in layers) / len(layers)
@@ -160,4 +157,4 @@ def rung_job(spec, teacher_state):
             "epochs_trained": spec.stop - spec.start,
             "size_bytes": int(5000 * (1 - s) * bits * keep) + 1,
             "flops": int(600_000 * (1 - s) * keep) + 1, "dense_flops": 633_728, "bitops": 0,
-            "artifact": b"", "seconds": 0.0}
+            "artifact": b"", "seconds": 0.0, "state": state}

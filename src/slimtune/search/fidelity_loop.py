@@ -172,9 +172,9 @@ def _fidelity_loop(
         spec = RungSpec(
             trial=_trial_spec(config, plan, job, trust), rung=job.rung, start=start,
             stop=stop, top=job.rung == top, recalibrate=rungs[0] == 0,
-            state_in=(str(state_path(run.dir, job.plan, job.start))
+            state_in=(state_path(run.dir, job.plan, job.start).read_bytes()
                       if job.start >= 0 and (job.start > 0 or rungs[0] > 0) else None),
-            state_out=str(state_path(run.dir, job.plan, job.rung)) if keep else None,
+            state_out=keep,
             costs=_costs_of(plans[job.plan].user_attrs, config) if job.start >= 0 else None)
         ref = task.remote(spec, teacher_ref)
         pending[ref], specs[ref] = _Running(job, stop - start, plan, trial), spec
@@ -226,6 +226,8 @@ def _fidelity_loop(
                 warm_running.discard(r.job.plan)
                 if isinstance(result, dict):
                     result.update(lost.attrs((r.job.plan, r.job.rung)))
+                    if result.get("state") is not None:  # kept by the driver, not the node
+                        _keep_state(run, r.job.plan, r.job.rung, result.pop("state"))
                 else:  # the trial's own error inside Ray's wrapper
                     result = getattr(result, "cause", None) or result
                 record, point = _finish_job(run, screen, plans, sched, r, result,
@@ -418,6 +420,15 @@ def _dt(t: float) -> Any:
     import datetime
 
     return datetime.datetime.fromtimestamp(t)
+
+
+def _keep_state(run: Run, plan_id: int, rung: int, state: bytes) -> None:
+    """A plan's weights at ``rung`` (returned by its job), for the job that continues it."""
+    from slimtune.files import atomic_path, write_into
+
+    path = state_path(run.dir, plan_id, rung)
+    with atomic_path(path, "a rung's weights") as tmp:
+        write_into(tmp, state, "a rung's weights", path)
 
 
 def _drop_states(run: Run, plan_id: int, top: int) -> None:

@@ -3,15 +3,17 @@ to the next. Pure; no Ray, no Optuna here.
 
 A plan's first job builds its compressed student from the teacher and, on a ladder whose
 first rung is 0 epochs, re-estimates its BatchNorm statistics (rung 0: no gradient step).
-Each later job loads the student's weights saved by the rung below (a state dict, read
-with ``weights_only=True``) and fine-tunes on, steps ``start`` to ``stop`` of the one
-cosine schedule laid out over the top rung's epochs, so the rungs of a plan add up to
-one uninterrupted schedule (Adam's moments restart at each rung). The top rung's job
-exports the artifact, measured as every trial is (:class:`Measured`).
+Each later job loads the student's weights saved by the rung below (a state dict the
+driver kept and sends with the job, read with ``weights_only=True``) and fine-tunes on,
+steps ``start`` to ``stop`` of the one cosine schedule laid out over the top rung's
+epochs, so the rungs of a plan add up to one uninterrupted schedule (Adam's moments
+restart at each rung). The top rung's job exports the artifact, measured as every trial
+is (:class:`Measured`).
 """
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -44,8 +46,10 @@ class RungSpec:
     stop: float
     top: bool  # the last rung: export the artifact
     recalibrate: bool = True  # a student built from the teacher gets rung 0's BatchNorm pass
-    state_in: str | None = None  # the weights at ``start`` (None: build from the teacher)
-    state_out: str | None = None  # where to save the weights at ``stop`` (None: do not)
+    #: the weights at ``start``, as ``torch.save`` wrote them (None: build from the
+    #: teacher); they travel with the job, so any node of the cluster can continue a plan
+    state_in: bytes | None = None
+    state_out: bool = False  # return the weights at ``stop`` (the result's ``state``)
     #: the plan's costs measured at its first rung (size_bytes, flops, ...): a job below
     #: the top then skips encoding the student again (they cannot change)
     costs: dict[str, float] | None = None
@@ -82,7 +86,7 @@ def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str
     over = (t.max_size is not None and size > t.max_size) or (
         t.max_flops is not None and flops > t.max_flops)
     if spec.state_in is not None:
-        student.load_state_dict(torch.load(spec.state_in, map_location=device,
+        student.load_state_dict(torch.load(io.BytesIO(spec.state_in), map_location=device,
                                            weights_only=True))
     elif spec.recalibrate:
         recalibrate_batchnorm(student, train.train,
@@ -105,8 +109,9 @@ def run_rung(spec: RungSpec, teacher_state: dict[str, torch.Tensor]) -> dict[str
         out.update(final.results(t.objectives), artifact=final.blob)
     else:
         out["accuracy"] = accuracy(student, train.val)
-        if spec.state_out is not None and not over:
-            Path(spec.state_out).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(student.state_dict(), spec.state_out)
+        if spec.state_out and not over:
+            buf = io.BytesIO()
+            torch.save({k: v.cpu() for k, v in student.state_dict().items()}, buf)
+            out["state"] = buf.getvalue()
     out.update(seconds=time.perf_counter() - t0, ran=[began, time.time()], **where)
     return out
