@@ -88,7 +88,8 @@ def start_ray(tmp: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline:  # leave no cluster behind for other searches
+                os.killpg(proc.pid, signal.SIGKILL)
                 raise
             time.sleep(0.5)
     time.sleep(3)

@@ -37,7 +37,11 @@ class RayCluster:
                 ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
                          object_store_memory=256 * 1024 * 1024, **kwargs)
         except ConnectionError as exc:
-            raise SlimtuneError(f"cannot join the Ray cluster at {address!r}: {exc}") from None
+            hint = ("" if os.environ.get("RAY_AUTH_MODE") == "token" else
+                    " (a cluster started by `ray start` authenticates with a token: set "
+                    "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN as on its nodes)")
+            raise SlimtuneError(f"cannot join the Ray cluster at {address!r}: "
+                                f"{' '.join(str(exc).split())}{hint}") from None
         self.started_here = True
 
     def max_concurrent(self, cpus_per_trial: float, gpus_per_trial: float) -> int:
