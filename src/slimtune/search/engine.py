@@ -208,6 +208,9 @@ def search(
                     f"{shlex.quote(str(run_dir))} --storage URL`")
             if meta is not None:
                 _check_settings(run_dir, config, meta)
+                if shared and resume and not study.user_attrs.get(drivers.QUEUED_ATTR):
+                    # its first driver died while enqueueing: what it enqueued is the start
+                    study.set_user_attr(drivers.QUEUED_ATTR, True)
             driver = drivers.join_as_driver(study) if shared else 0
             retried = _fail_stale(study, all_running_dead=not shared)
             screen = None  # the multi-fidelity search's screening study (fidelity_loop.py)
