@@ -227,3 +227,24 @@ def test_trial_store_refuses_a_malformed_id(tmp_path):
     store = TrialStore.of(str(tmp_path / "s"), None)
     with pytest.raises(RunDirError, match="malformed artifact id"):
         store.get("../../etc/passwd", "trial 1's artifact")
+
+
+def test_a_driver_joining_with_another_store_is_refused_in_one_line(postgres_url, ray_session,
+                                                                     tmp_path):
+    """The study keeps its store: a second driver naming another one would scatter the
+    artifacts, so it is refused before it runs a trial; the same store joins."""
+    ours = tmp_path / "store-a"
+    config = dict(trials=1, epochs=0, teacher_epochs=2, warm_start=False,
+                  storage=postgres_url, study_name="two-stores")
+    search(SearchConfig(run_dir=tmp_path / "d1", artifact_store=str(ours), **config))
+    with pytest.raises(ConfigError) as e:
+        search(SearchConfig(run_dir=tmp_path / "d2", artifact_store=str(tmp_path / "b"),
+                            **config))
+    assert str(e.value) == (f"the study keeps its artifacts in {ours}, not {tmp_path / 'b'}: "
+                            f"join it with --artifact-store {ours} (or without "
+                            "--artifact-store)")
+    study = optuna.load_study(study_name="two-stores", storage=postgres_url)
+    assert len(study.trials) == 1 and len(study.user_attrs["drivers"]) == 1
+    again = search(SearchConfig(run_dir=tmp_path / "d3", artifact_store=str(ours),
+                                **{**config, "trials": 2}))
+    assert again.counts["done"] == 1 and len(study.user_attrs["drivers"]) == 2
