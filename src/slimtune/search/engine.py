@@ -15,7 +15,10 @@ begins a new study with its warm start and runs the loop. The parts live beside 
   (uniform plans, the sensitivity pass, guided plans);
 - ``loop.py``: the ask/tell loop, recording a finished trial, abandoning running ones;
 - ``optuna_internals.py``: every use of Optuna's private API (stale trials, retries,
-  heartbeats, one commit per trial's writes).
+  heartbeats, one commit per trial's writes);
+- ``artifact_store.py``: where trial artifacts and the teacher go (``--artifact-store``);
+- ``drivers.py``: many drivers on one shared study (who begins it, the budget's lock);
+- ``node_loss.py``: trials lost with their Ray node, run again.
 """
 
 from __future__ import annotations

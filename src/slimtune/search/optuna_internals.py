@@ -27,10 +27,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import optuna
-from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX as ARTIFACTS_ATTR_PREFIX
 from optuna.trial import TrialState
-
-__all__ = ["ARTIFACTS_ATTR_PREFIX"]  # the rest are private helpers, imported by name
 
 # -- the trial and the sampler -----------------------------------------------------------
 
