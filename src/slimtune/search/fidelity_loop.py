@@ -110,6 +110,7 @@ class _Running:
     job: Job
     cost: float  # its fine-tune epochs
     plan: dict[str, Any]
+    spec: RungSpec  # what the job was given (run again if its node is lost)
     screen_trial: optuna.trial.Trial | None = None  # rung 0: the screening trial told after
 
 
@@ -144,7 +145,6 @@ def _fidelity_loop(
         "epochs_spent": spent_before, "screened": 0, "fully_trained": full, **sched.counts(),
     }
     pending: dict[Any, _Running] = {}
-    specs: dict[Any, RungSpec] = {}  # each running job's spec: run again if its node is lost
     lost = NodeLoss(config.cpus_per_trial, config.gpus_per_trial)
     #: plan id -> its screening trial (its plan, parameters and their distributions)
     plans = {t.number: t for t in screen.get_trials(deepcopy=False)}
@@ -176,8 +176,8 @@ def _fidelity_loop(
                       if job.start >= 0 and (job.start > 0 or rungs[0] > 0) else None),
             state_out=keep,
             costs=_costs_of(plans[job.plan].user_attrs, config) if job.start >= 0 else None)
-        ref = task.remote(spec, teacher_ref)
-        pending[ref], specs[ref] = _Running(job, stop - start, plan, trial), spec
+        pending[task.remote(spec, teacher_ref)] = _Running(job, stop - start, plan, spec,
+                                                           trial)
 
     if ev.ladder_started:
         ev.ladder_started(budget, rungs, concurrency)
@@ -211,13 +211,11 @@ def _fidelity_loop(
             for ref in ready:
                 r = pending[ref]
                 result = ray_get(ref)
-                spec = specs.pop(ref)
                 if isinstance(result, BaseException) and lost.retry(
                         (r.job.plan, r.job.rung), result):
-                    again = task.remote(spec, teacher_ref)
-                    pending[again], specs[again] = r, spec
+                    pending[task.remote(r.spec, teacher_ref)] = r
                     del pending[ref]
-                    concurrency = max(1, min(concurrency, lost.capacity()))
+                    concurrency = min(concurrency, lost.room)  # >= 1, or it raised
                     counts.update(retried_lost=lost.retried, nodes_lost=lost.nodes_lost)
                     if ev.note:
                         ev.note(lost.describe((r.job.plan, r.job.rung),

@@ -83,8 +83,7 @@ def _loop(
     axes = early_stop_axes(config.objectives)
     pending: dict[Any, optuna.trial.Trial] = {}
     asking: optuna.trial.Trial | None = None
-    plans: dict[int, dict[str, Any]] = {}
-    specs: dict[int, TrialSpec] = {}  # to run a trial again when its node is lost
+    specs: dict[int, TrialSpec] = {}  # each running trial's (its plan; run again if lost)
     lost = NodeLoss(config.cpus_per_trial, config.gpus_per_trial)
     started = 0
     beat = time.monotonic()
@@ -117,7 +116,6 @@ def _loop(
                     _record_heartbeats(study, [trial])
                 with _one_commit_for_params(study):
                     plan = space.sample(trial)
-                plans[trial.number] = plan.to_dict()  # stored with the results: one commit
                 front = tuple((p.trial, {a: p.metric(a) for a in axes}) for p in points)
                 spec = TrialSpec(
                     model=config.model, data=config.data, plan=plan.to_dict(),
@@ -152,15 +150,14 @@ def _loop(
                 if isinstance(result, BaseException) and lost.retry(trial.number, result):
                     pending[task.remote(specs[trial.number], teacher_ref)] = trial
                     del pending[ref]
-                    concurrency = max(1, min(concurrency, lost.capacity()))
+                    concurrency = min(concurrency, lost.room)  # >= 1, or it raised
                     counts.update(retried_lost=lost.retried, nodes_lost=lost.nodes_lost)
                     if ev.note:
                         ev.note(lost.describe(trial.number))
                     continue
                 enqueued_running.discard(trial.number)
-                specs.pop(trial.number, None)
                 point, record = _finish(run, trial, result, counts, config, points,
-                                        teacher_metrics, plans.pop(trial.number),
+                                        teacher_metrics, specs.pop(trial.number).plan,
                                         driver if shared else None,
                                         lost.attrs(trial.number))
                 del pending[ref]

@@ -45,6 +45,7 @@ class NodeLoss:
         self.tries: dict[Any, list[dict[str, Any]]] = {}
         self.dead: set[str] = set()  # node ids named by errors (before Ray marks them)
         self.retried = 0
+        self.room = 0  # trials the alive nodes can run at once, as of the last loss
         self._lost = _lost_classes()
 
     @property
@@ -68,7 +69,8 @@ class NodeLoss:
                       "ip": ip.group(1) if ip else None, "time": round(time.time(), 3)})
         if len(tries) > self.bound:
             return False
-        if self.capacity() == 0:
+        self.room = self.capacity()
+        if self.room == 0:
             raise SearchAborted(
                 f"no Ray node left can run a trial (each needs {self.cpus:g} CPUs"
                 f"{f' and {self.gpus:g} GPUs' if self.gpus else ''} on one node) after "
