@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import slimtune
-from slimtune.codec import Reader
+from slimtune.codec import Reader, streams
+from slimtune.codec.streams import FIXED
 from slimtune.compress import apply
 from slimtune.errors import ArtifactError, ConfigError
 from slimtune.export.artifact import decode, encode, save, stored_weights
@@ -153,34 +154,39 @@ def test_two_four_index_costs_three_bits_a_group():
     sizes = {}
     for key, lp in (("24", LayerPlan(two_four=True)), ("half", LayerPlan(sparsity=0.5))):
         plan = CompressionPlan({name: lp})
-        blob = encode(apply(teacher, plan, SHAPE), "small_cnn", CLASSES, SHAPE, plan)
+        blob = encode(apply(teacher, plan, SHAPE), "small_cnn", CLASSES, SHAPE, plan,
+                      entropy=False)
         _, _, hlen = PREFIX.unpack_from(blob)
         sizes[key] = len(blob) - PREFIX.size - hlen  # the payload: the headers differ
-    # both keep n/2 float32 values; 2:4 stores 3 bits per group of four, the unstructured
-    # index a bitmap (n bits and a tag byte; gaps would be larger at 50 %)
-    assert sizes["half"] - sizes["24"] == (n // 8 + 1) - (n // 4 * 3 + 7) // 8
+    # both keep n/2 float32 values; fixed-width, 2:4 stores a tag byte and 3 bits per group
+    # of four, the unstructured index a bitmap (a tag byte and n bits; gaps would be larger
+    # at 50 %)
+    assert sizes["half"] - sizes["24"] == (n // 8 + 1) - (1 + (n // 4 * 3 + 7) // 8)
 
 
 def test_a_corrupt_two_four_index_is_refused():
     before = np.ones(16, dtype=bool)
-    raw = bytes([0xFF, 0xFF])  # codes 7: no pattern has that number
+    kind = TWO_FOUR.index_kind((1, 16), True, 16, 8)
+    raw = bytes([FIXED, 0xFF, 0xFF])  # codes 7: no pattern has that number
     with pytest.raises(ArtifactError, match="2:4 index for `w` is corrupted"):
-        TWO_FOUR.decode_index(Reader(raw, 0, 2), before, True, (1, 16), 8, "w")
+        TWO_FOUR.mask_of(streams.read(Reader(raw, 0, 3), kind, "w"), before, True, (1, 16), "w")
     with pytest.raises(ArtifactError, match="truncated"):
-        TWO_FOUR.decode_index(Reader(raw, 0, 1), before, True, (1, 16), 8, "w")
+        streams.read(Reader(raw, 0, 2), kind, "w")
     # in a file: the 2:4 codes of one layer set to 7, the CRC made to match
     teacher = _teacher()
     layers = SearchSpace.from_model(teacher, SHAPE).layers
     name = next(n for n in layers if applies(tuple(teacher.get_submodule(n).weight.shape)))
     plan = CompressionPlan({name: LayerPlan(two_four=True)})
-    blob = encode(apply(teacher, plan, SHAPE), "small_cnn", CLASSES, SHAPE, plan)
+    blob = encode(apply(teacher, plan, SHAPE), "small_cnn", CLASSES, SHAPE, plan,
+                  entropy=False)
     _, _, hlen = PREFIX.unpack_from(blob)
     state = teacher.state_dict()
     offset = PREFIX.size + hlen + sum(  # the raw tensors before the layer's weight
         t.numel() * t.element_size() for k, t in
         list(state.items())[:list(state).index(f"{name}.weight")])
     body = bytearray(blob[:-4])
-    body[offset:offset + 3] = b"\xff\xff\xff"
+    assert body[offset] == FIXED  # the stream's tag: fixed-width
+    body[offset + 1:offset + 4] = b"\xff\xff\xff"
     with pytest.raises(ArtifactError, match=f"2:4 index for `{name}.weight` is corrupted"):
         decode(bytes(body) + struct.pack("<I", zlib.crc32(bytes(body))))
     assert decode(blob)[0] is not None  # and unchanged, it loads

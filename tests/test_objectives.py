@@ -14,10 +14,16 @@ from tests.tiny_models import ConvNet, TwoLinear
 PREFIX, CRC = 13, 4  # b"SLIMTUNE" + u8 format + u32 header length; u32 CRC-32
 
 
-def _payload(model, plan, shape=(4,)):
+def _payload(model, plan, shape=(4,), *, entropy=True):
     """Artifact size minus the fixed prefix, header and checksum."""
     header = Header("two_linear", 2, shape, plan).to_bytes()
-    return size_bytes(model, "two_linear", 2, shape, plan) - PREFIX - len(header) - CRC
+    if entropy:
+        size = size_bytes(model, "two_linear", 2, shape, plan)
+    else:
+        from slimtune.export.artifact import encode
+
+        size = len(encode(model, "two_linear", 2, shape, plan, entropy=False))
+    return size - PREFIX - len(header) - CRC
 
 
 def test_flops_of_hand_countable_models():
@@ -42,9 +48,11 @@ def test_size_counts_packed_nonzeros_bitmap_scales_and_biases_by_hand():
     plan = CompressionPlan({"fc1": LayerPlan(sparsity=0.5, bits=4),
                             "fc2": LayerPlan(sparsity=0.0, bits=3)})
     student = apply(TwoLinear(), plan)
-    fc1 = 3 * 4 + 1 + 2 + 3 + 3 * 4  # scales, tag + bitmap of 12, 6 non-zeros x 4 bits, bias
-    fc2 = 2 * 4 + 3 + 2 * 4  # scales, 6 codes x 3 bits = 18 bits -> 3 bytes, bias
-    assert _payload(student, plan) == fc1 + fc2
+    # fixed-width: scales, tag + bitmap of 12, tag + 6 non-zeros x 4 bits, bias
+    fc1 = 3 * 4 + 1 + 2 + 1 + 3 + 3 * 4
+    fc2 = 2 * 4 + 1 + 3 + 2 * 4  # scales, tag + 6 codes x 3 bits = 18 bits -> 3 bytes, bias
+    assert _payload(student, plan, entropy=False) == fc1 + fc2
+    assert _payload(student, plan) <= fc1 + fc2  # entropy-coded only where smaller
 
 
 def test_size_of_pruned_float32_weights():
@@ -56,7 +64,8 @@ def test_size_of_pruned_float32_weights():
 def test_a_very_sparse_layer_stores_delta_coded_indices_when_smaller():
     from torch import nn
 
-    from slimtune.export.artifact import _decode_index, _encode_index, _Reader
+    from slimtune.codec import Reader
+    from slimtune.codec.streams import DELTA, Gaps, read, write
 
     model = nn.Sequential(nn.Linear(100, 10))  # 1000 weights
     with torch.no_grad():
@@ -66,17 +75,18 @@ def test_a_very_sparse_layer_stores_delta_coded_indices_when_smaller():
     keep = (student[0].weight != 0).flatten().numpy()
     assert keep.sum() == 10 and keep[990:].all()
     # gaps: 990 then nine 0s -> width 10 bits; 2 + ceil(10 * 10 / 8) = 15 bytes < 1 + 125
-    index = _encode_index(keep)
-    assert len(index) == 15 and index[0] == 1
-    assert (_decode_index(_Reader(index, 0, len(index)), 1000, 10, "w") == keep).all()
+    kind = Gaps(1000, 10)
+    index = write(kind, Gaps.of(keep), entropy=False)
+    assert len(index) == 15 and index[0] == DELTA
+    assert (kind.mask(read(Reader(index, 0, len(index)), kind, "w"), "w") == keep).all()
     header = Header("m", 10, (100,), plan).to_bytes()
-    payload = len(_encode_index(keep)) + 10 * 4 + 10 * 4  # index, float32 values, bias
+    payload = len(index) + 10 * 4 + 10 * 4  # index, float32 values, bias
     from slimtune.export.artifact import encode
     from slimtune.models import zoo
 
     zoo.MODELS["m"] = lambda n, s: nn.Sequential(nn.Linear(100, 10))
     try:
-        blob = encode(student, "m", 10, (100,), plan)
+        blob = encode(student, "m", 10, (100,), plan, entropy=False)
     finally:
         del zoo.MODELS["m"]
     assert len(blob) == PREFIX + len(header) + payload + CRC

@@ -13,16 +13,25 @@ weight (a layer whose mask knobs zero some of it or whose bit-width is below 32)
 stored as its knobs write it (:mod:`slimtune.knobs`)::
 
     [values knob's prelude: per-output-channel float32 scales, if bits < 32]
-    [each mask knob's index, in stage order: 2:4 patterns (3 bits per group of four),
-     then the unstructured index (bitmap or fixed-width gaps, over the positions kept so
-     far)]
-    kept values: float32, or integer codes packed at ``bits`` bits each
+    [each mask knob's index, in stage order: 2:4 patterns, then the unstructured index
+     (the gaps between kept positions, over the positions kept so far)]
+    kept values: float32, or integer codes of ``bits`` bits
 
 and every other tensor (biases, BatchNorm parameters and statistics, uncompressed weights)
-raw in its dtype. Nothing is unpickled; the CRC catches truncation and tampering.
+raw in its dtype. Indexes and codes are streams (:mod:`slimtune.codec.streams`): each is
+stored fixed-width (codes packed at ``bits`` bits, a bitmap or gaps at one width, 3 bits a
+2:4 pattern) or entropy-coded with its frequency table (:mod:`slimtune.codec.rans`),
+whichever is smaller, and a tag byte says which. Nothing is unpickled; the CRC catches
+truncation and tampering.
+
+Format 2 (this one) added the entropy-coded streams and the tag on codes and patterns;
+format 1 files (no entropy coding, untagged codes) still load, and :func:`transcode`
+rewrites them.
 
 The size objective of the search is ``len(encode(...))``: the number on the front is the
-byte length of this file.
+byte length of this file. It depends on the trained weights (how skewed the codes are);
+``encode(..., entropy=False)`` is the fixed-width layout, an upper bound that depends on
+the plan and the masks only (the budget check before training uses it).
 """
 
 from __future__ import annotations
@@ -39,13 +48,14 @@ import torch
 from torch import nn
 
 from slimtune.codec import Reader as _Reader
-from slimtune.codec import decode_index as _decode_index
-from slimtune.codec import encode_index as _encode_index
+from slimtune.codec import streams
 from slimtune.compress.apply import plan_modules, skeleton_of
 from slimtune.compress.plain import CompressedPart, plain_copy
 from slimtune.errors import ArtifactError, SlimtuneError
 from slimtune.export.header import (
     CRC,
+    ELEMENTS_PER_BYTE,
+    ELEMENTS_SLACK,
     FORMAT_VERSION,
     MAGIC,
     MAX_HEADER_BYTES,
@@ -62,7 +72,7 @@ from slimtune.trust import NO_TRUST, Trust
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "encode_plain", "decode", "save",
            "load", "skeleton", "read_artifact", "read_header", "stored_weights",
-           "open_artifact", "load_with_header", "_Reader", "_encode_index", "_decode_index"]
+           "open_artifact", "load_with_header", "transcode", "layout", "_Reader"]
 
 
 @dataclass(frozen=True)
@@ -129,13 +139,17 @@ def encode(
     num_classes: int,
     input_shape: tuple[int, ...],
     plan: CompressionPlan,
+    *,
+    entropy: bool = True,
 ) -> bytes:
-    """Serialize a student made by ``compress.apply(model, plan)`` (fine-tuned or not)."""
+    """Serialize a student made by ``compress.apply(model, plan)`` (fine-tuned or not).
+    ``entropy=False``: every stream fixed-width (the size's upper bound)."""
     header = Header(model_name, int(num_classes), tuple(int(s) for s in input_shape), plan)
-    return encode_plain(*plain_copy(student), header)
+    return encode_plain(*plain_copy(student), header, entropy=entropy)
 
 
-def encode_plain(plain: nn.Module, parts: dict[str, CompressedPart], header: Header) -> bytes:
+def encode_plain(plain: nn.Module, parts: dict[str, CompressedPart], header: Header, *,
+                 entropy: bool = True) -> bytes:
     """The artifact of ``plain_copy(student)``'s two results: the structure is the plain
     copy's (its state dict is in the order the loader's skeleton has)."""
     specs = _weight_specs(plain, header.plan)
@@ -146,7 +160,9 @@ def encode_plain(plain: nn.Module, parts: dict[str, CompressedPart], header: Hea
                 or part.values.get(codec.name, codec.default) != spec.bits:
             raise SlimtuneError(f"weight `{key}` is not compressed as the plan says")
     chunks: list[bytes] = []
+    elements = 0
     for key, tensor in plain.state_dict().items():
+        elements += tensor.numel()
         spec = specs.get(key)
         if spec is None:
             chunks.append(_raw_bytes(tensor))
@@ -154,13 +170,30 @@ def encode_plain(plain: nn.Module, parts: dict[str, CompressedPart], header: Hea
         part = parts[key]
         chunks.append(codec.encode_prelude(part.weight, spec.bits))
         keep = np.ones(part.weight.numel(), dtype=bool)
-        for k, value, _ in spec.masks:
+        for k, value, kept in spec.masks:
             mask = (part.masks[k.name].reshape(-1) > 0).numpy()
-            chunks.append(k.encode_index(keep, mask, value, spec.shape))
+            kind = k.index_kind(spec.shape, value, int(keep.sum()), kept)
+            chunks.append(streams.write(kind, k.index_symbols(keep, mask, value, spec.shape),
+                                        entropy=entropy))
             keep = keep & mask
-        chunks.append(codec.encode_values(part.weight, keep, spec.bits))
-    hbytes = header.to_bytes()
-    body = PREFIX.pack(MAGIC, FORMAT_VERSION, len(hbytes)) + hbytes + b"".join(chunks)
+        chunks.append(streams.write(codec.values_kind(spec.bits, spec.nnz),
+                                    codec.values_symbols(part.weight, keep, spec.bits),
+                                    entropy=entropy))
+    data = _frame(header.to_bytes(), b"".join(chunks))
+    if entropy and _too_dense(elements, len(data)):
+        return encode_plain(plain, parts, header, entropy=False)
+    return data
+
+
+def _too_dense(elements: int, length: int) -> bool:
+    """Whether the loader would refuse a file of ``length`` bytes holding ``elements``:
+    a huge all-constant layer entropy-codes to almost nothing, which is what a
+    decompression bomb looks like; the fixed-width layout is never that dense."""
+    return elements > ELEMENTS_PER_BYTE * length + ELEMENTS_SLACK
+
+
+def _frame(hbytes: bytes, payload: bytes, version: int = FORMAT_VERSION) -> bytes:
+    body = PREFIX.pack(MAGIC, version, len(hbytes)) + hbytes + payload
     return body + CRC.pack(zlib.crc32(body))
 
 
@@ -217,8 +250,9 @@ def _fill(data: bytes, header: Header, start: int, built: nn.Module
 
 
 def _decode_payload(data: bytes, start: int, end: int, model: nn.Module,
-                    header: Header) -> dict[str, torch.Tensor]:
-    reader = _Reader(data, start, end)
+                    header: Header, log: list[streams.StreamRecord] | None = None
+                    ) -> dict[str, torch.Tensor]:
+    reader = _Reader(data, start, end, version=header.format, log=log)
     specs = _weight_specs(model, header.plan)
     codec = values_knob()
     state: dict[str, torch.Tensor] = {}
@@ -235,11 +269,65 @@ def _decode_payload(data: bytes, start: int, end: int, model: nn.Module,
         codec_state = codec.decode(reader, spec.shape, spec.bits, key)
         keep = np.ones(ref.numel(), dtype=bool)
         for k, value, kept in spec.masks:
-            keep = k.decode_index(reader, keep, value, spec.shape, kept, key)
-        state[key] = codec.decode_values(reader, codec_state, keep, spec.shape, spec.bits, key)
+            kind = k.index_kind(spec.shape, value, int(keep.sum()), kept)
+            keep = k.mask_of(streams.read(reader, kind, key), keep, value, spec.shape, key)
+        values = streams.read(reader, codec.values_kind(spec.bits, spec.nnz), key)
+        state[key] = codec.values_of(values, codec_state, keep, spec.shape, spec.bits, key)
     if reader.pos != end:
         raise ArtifactError("the artifact has trailing bytes after its payload")
     return state
+
+
+def streams_of(data: bytes, *, trust: Trust = NO_TRUST, source: str = "the artifact",
+               model: nn.Module | None = None, structure: nn.Module | None = None
+               ) -> tuple[Header, int, list[streams.StreamRecord]]:
+    """The header, payload start and every stream of an artifact, read with the same
+    checks as :func:`decode` (``structure``: the compressed model's structure, e.g. a
+    model decoded from these bytes, so no skeleton is built)."""
+    header, start = parse_head(data, len(data))
+    _check_crc(data)
+    if structure is not None:
+        built = copy.deepcopy(structure)
+    else:
+        check_model_bounds(header, len(data), start, model, trust, source)
+        built = _build(data, header, start, trust, source, model)[0]
+    log: list[streams.StreamRecord] = []
+    _decode_payload(data, start, len(data) - CRC.size, built, header, log)
+    return header, start, log
+
+
+def transcode(data: bytes, *, entropy: bool = True, trust: Trust = NO_TRUST,
+              model: nn.Module | None = None, structure: nn.Module | None = None) -> bytes:
+    """The same model's artifact in the current format: every stream rewritten (fixed-width
+    with ``entropy=False``, else the smaller form), every other byte as it was. The codes,
+    scales and masks are the file's own, so a format-1 file becomes exactly the file
+    :func:`encode` would now write for its student."""
+    header, start, log = streams_of(data, trust=trust, model=model, structure=structure)
+    pieces, pos = [], start
+    for rec in log:
+        if rec.kind.codable:
+            pieces += [data[pos:rec.start], streams.write(rec.kind, rec.symbols,
+                                                          entropy=entropy)]
+            pos = rec.end
+    pieces.append(data[pos:len(data) - CRC.size])
+    out = _frame(data[PREFIX.size:start], b"".join(pieces))
+    if entropy and _too_dense(_elements(header, structure, model, trust), len(out)):
+        return transcode(data, entropy=False, trust=trust, model=model, structure=structure)
+    return out
+
+
+def _elements(header: Header, structure: nn.Module | None, model: nn.Module | None,
+              trust: Trust) -> int:
+    built = structure if structure is not None else skeleton(header, trust=trust, base=model)
+    return sum(t.numel() for t in built.state_dict().values())
+
+
+def layout(data: bytes, **kwargs: Any) -> list[dict[str, Any]]:
+    """Each stream of an artifact (in file order): its weight, what it holds, its symbol
+    count, its bytes as stored, whether it is entropy-coded, its bytes fixed-width and
+    entropy-coded, and the zeroth-order entropy of its symbols in bytes (the bound an
+    entropy coder without context approaches). ``kwargs``: as :func:`streams_of`."""
+    return [rec.summary() for rec in streams_of(data, **kwargs)[2]]
 
 
 def save(path: str | Path, data: bytes) -> None:

@@ -22,7 +22,7 @@ import json
 import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -33,11 +33,14 @@ from slimtune.spaces.plan import CompressionPlan
 from slimtune.trust import Trust
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "PREFIX", "CRC", "Header", "parse_head",
-           "check_model_bounds", "MAX_HEADER_BYTES", "MAX_HEADER_JSON", "MAX_CLASSES",
+           "check_model_bounds", "READABLE_FORMATS", "MAX_HEADER_BYTES", "MAX_HEADER_JSON", "MAX_CLASSES",
            "MAX_INPUT_ELEMENTS", "MAX_ELEMENTS", "MAX_ACTIVATIONS", "ELEMENTS_PER_BYTE"]
 
 MAGIC = b"SLIMTUNE"
-FORMAT_VERSION = 1
+#: the format this slimtune writes: 2 added entropy-coded streams (codec/streams.py)
+FORMAT_VERSION = 2
+#: the formats it reads
+READABLE_FORMATS = (1, 2)
 PREFIX = struct.Struct("<8sBI")  # magic, format, header length
 CRC = struct.Struct("<I")
 
@@ -74,6 +77,8 @@ class Header:
     num_classes: int
     input_shape: tuple[int, ...]
     plan: CompressionPlan
+    #: the file's format (from its prefix, not its JSON): how the payload is read
+    format: int = field(default=FORMAT_VERSION, compare=False)
 
     def to_bytes(self) -> bytes:
         return zlib.compress(json.dumps(self.to_dict(), separators=(",", ":")).encode(), 9)
@@ -140,16 +145,18 @@ def parse_head(buf: bytes, total: int) -> tuple[Header, int]:
     magic, version, hlen = PREFIX.unpack_from(buf, 0)
     if magic != MAGIC:
         raise ArtifactError("not a slimtune artifact: bad magic bytes")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise ArtifactError(
-            f"artifact format {version} is not supported (expected {FORMAT_VERSION})")
+            f"artifact format {version} is not supported (this slimtune reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}; a newer slimtune may read it)")
     if hlen > MAX_HEADER_BYTES:
         raise _refuse(f"it claims {hlen} bytes, more than the {MAX_HEADER_BYTES} allowed")
     if PREFIX.size + hlen + CRC.size > total:
         raise ArtifactError("the artifact is truncated (header longer than the file)")
     if len(buf) < PREFIX.size + hlen:
         raise ArtifactError("the artifact is truncated (header longer than the file)")
-    return Header.from_bytes(bytes(buf[PREFIX.size:PREFIX.size + hlen])), PREFIX.size + hlen
+    header = Header.from_bytes(bytes(buf[PREFIX.size:PREFIX.size + hlen]))
+    return replace(header, format=version), PREFIX.size + hlen
 
 
 def check_model_bounds(header: Header, total: int, payload_start: int,

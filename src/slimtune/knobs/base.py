@@ -16,9 +16,12 @@ Three roles, each with its own small hooks:
   (:class:`slimtune.ops.prune.MagnitudeMask`, tagged with the knob's name). Each mask
   knob, in stage order, narrows the kept positions left by the ones before it; how many it
   keeps is exact from the plan and the shape (:meth:`MaskKnob.kept`), so the loader knows
-  every length before reading. It writes its own index of what it kept.
+  every length before reading. It stores its own index of what it kept, as a stream
+  (:mod:`slimtune.codec.streams`: its kind, its symbols, and the mask they mean).
 - ``values`` (bit-width): how the kept values are coded. It writes a prelude (scales)
-  before the mask knobs' indexes and the values after them.
+  before the mask knobs' indexes and the values, a stream too, after them.
+
+A stream is written fixed-width or entropy-coded by the artifact, not by the knob.
 
 Knob modules import the torch-level primitives (``slimtune.ops``) only inside their
 transforms, so reading or validating a plan loads none of it: a plan stays data.
@@ -41,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
     from slimtune.codec import Reader
+    from slimtune.codec.streams import Kind
 
 __all__ = ["Knob", "StructureKnob", "MaskKnob", "ValuesKnob", "FloatRange", "Choices"]
 
@@ -164,16 +168,21 @@ class MaskKnob(Knob):
         were kept before it (exact: from the plan and the shape, never the weights)."""
 
     @abstractmethod
-    def encode_index(self, before: np.ndarray, mask: np.ndarray, value: Any,
-                     shape: tuple[int, ...]) -> bytes:
-        """The index of what this knob kept: ``mask`` (flat bool, all positions) within
+    def index_kind(self, shape: tuple[int, ...], value: Any, before: int, kept: int) -> Kind:
+        """The stream (:mod:`slimtune.codec.streams`) that says which of the ``before``
+        positions still kept are kept after this knob (``kept`` of them)."""
+
+    @abstractmethod
+    def index_symbols(self, before: np.ndarray, mask: np.ndarray, value: Any,
+                      shape: tuple[int, ...]) -> np.ndarray:
+        """The symbols of that stream: ``mask`` (flat bool, all positions) within
         ``before`` (flat bool, the positions kept before it)."""
 
     @abstractmethod
-    def decode_index(self, reader: Reader, before: np.ndarray, value: Any,
-                     shape: tuple[int, ...], kept: int, key: str) -> np.ndarray:
-        """The flat bool mask of kept positions (a subset of ``before`` with ``kept``
-        positions) read back; ArtifactError naming ``key`` if the bytes are corrupt."""
+    def mask_of(self, symbols: np.ndarray, before: np.ndarray, value: Any,
+                shape: tuple[int, ...], key: str) -> np.ndarray:
+        """The flat bool mask of kept positions (a subset of ``before``) the symbols
+        say; ArtifactError naming ``key`` if they are out of range."""
 
 
 class ValuesKnob(Knob):
@@ -184,17 +193,22 @@ class ValuesKnob(Knob):
         """What the loader needs before the indexes (e.g. per-channel scales)."""
 
     @abstractmethod
-    def encode_values(self, weight: torch.Tensor, keep: np.ndarray, value: Any) -> bytes:
-        """The kept values (``keep``: flat bool over the weight) at this knob's coding."""
-
-    @abstractmethod
     def decode(self, reader: Reader, shape: tuple[int, ...], value: Any, key: str
                ) -> Any:
-        """Read the prelude: a state for :meth:`decode_values`."""
+        """Read the prelude: a state for :meth:`values_of`."""
 
     @abstractmethod
-    def decode_values(self, reader: Reader, state: Any, keep: np.ndarray,
-                      shape: tuple[int, ...], value: Any, key: str) -> torch.Tensor:
+    def values_kind(self, value: Any, kept: int) -> Kind:
+        """The stream the ``kept`` values are stored as (e.g. codes of ``bits`` bits)."""
+
+    @abstractmethod
+    def values_symbols(self, weight: torch.Tensor, keep: np.ndarray, value: Any
+                       ) -> np.ndarray:
+        """The symbols of that stream for the kept values (``keep``: flat bool)."""
+
+    @abstractmethod
+    def values_of(self, symbols: np.ndarray, state: Any, keep: np.ndarray,
+                  shape: tuple[int, ...], value: Any, key: str) -> torch.Tensor:
         """The dense weight of ``shape`` (zeros where not kept)."""
 
 

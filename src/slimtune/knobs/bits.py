@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from slimtune.codec import Reader, pack, unpack
+from slimtune.codec import Reader
+from slimtune.codec.streams import Codes, Floats, Kind
 from slimtune.errors import ArtifactError, ConfigError
 from slimtune.knobs.base import Choices, ValuesKnob
 
@@ -18,8 +19,8 @@ ALLOWED_BITS: tuple[int, ...] = (2, 3, 4, 6, 8, 32)
 
 class Bits(ValuesKnob):
     """``bits`` in 2..32 (32 = float32). In the artifact: per-output-channel float32
-    scales, then (after the indexes) the kept values as codes of ``bits`` bits each, or as
-    float32 at 32 bits."""
+    scales, then (after the indexes) the kept values as a stream of codes of ``bits`` bits
+    each (code + qmax: 0 .. 2 qmax), or as float32 at 32 bits."""
 
     name = "bits"
     default = 32
@@ -55,15 +56,6 @@ class Bits(ValuesKnob):
 
         return _raw(quantize_codes(weight, value)[1])
 
-    def encode_values(self, weight: Any, keep: np.ndarray, value: Any) -> bytes:
-        if value >= 32:
-            return weight.reshape(-1).numpy().astype("<f4")[keep].tobytes()
-        from slimtune.ops.quantize import quantize_codes
-
-        qmax = 2 ** (value - 1) - 1
-        codes = quantize_codes(weight, value)[0].reshape(-1).numpy()[keep]
-        return pack(codes + qmax, value)
-
     def decode(self, reader: Reader, shape: tuple[int, ...], value: Any, key: str) -> Any:
         if value >= 32:
             return None
@@ -75,24 +67,31 @@ class Bits(ValuesKnob):
             raise ArtifactError(f"the artifact holds invalid scales for `{key}`")
         return scale
 
-    def decode_values(self, reader: Reader, state: Any, keep: np.ndarray,
-                      shape: tuple[int, ...], value: Any, key: str) -> Any:
+    def values_kind(self, value: Any, kept: int) -> Kind:
+        return Floats(kept) if value >= 32 else Codes(kept, value)
+
+    def values_symbols(self, weight: Any, keep: np.ndarray, value: Any) -> np.ndarray:
+        if value >= 32:
+            return weight.reshape(-1).numpy().astype(np.float32)[keep]
+        from slimtune.ops.quantize import quantize_codes
+
+        qmax = 2 ** (value - 1) - 1
+        return quantize_codes(weight, value)[0].reshape(-1).numpy()[keep].astype(np.int64) + qmax
+
+    def values_of(self, symbols: np.ndarray, state: Any, keep: np.ndarray,
+                  shape: tuple[int, ...], value: Any, key: str) -> Any:
         import torch
 
-        nnz, n = int(keep.sum()), len(keep)
+        n = len(keep)
         if value >= 32:
-            vals = np.frombuffer(reader.take(nnz * 4), dtype="<f4")
-            if not np.isfinite(vals).all():
-                raise ArtifactError(f"the artifact holds non-finite values (NaN or inf) in "
-                                    f"`{key}`")
             full_f = np.zeros(n, dtype=np.float32)
-            full_f[keep] = vals
+            full_f[keep] = symbols
             return torch.from_numpy(full_f).reshape(shape)
         from slimtune.ops.quantize import dequantize
 
         qmax = 2 ** (value - 1) - 1
-        codes = unpack(reader.take(math.ceil(nnz * value / 8)), nnz, value) - qmax
-        if nnz and (codes.max() > qmax or codes.min() < -qmax):
+        codes = symbols - qmax
+        if len(codes) and (codes.max() > qmax or codes.min() < -qmax):
             raise ArtifactError(f"the artifact holds out-of-range codes for `{key}`")
         full = np.zeros(n, dtype=np.int64)
         full[keep] = codes

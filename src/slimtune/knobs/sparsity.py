@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from slimtune.codec import Reader, decode_index, encode_index
+from slimtune.codec.streams import Gaps, Kind
 from slimtune.knobs.base import FloatRange, MaskKnob, check_ratio
 from slimtune.ops.prune import pruned_count
 
@@ -41,13 +41,16 @@ class Sparsity(MaskKnob):
         numel = int(np.prod(shape))
         return min(before, numel - pruned_count(numel, value))
 
-    def encode_index(self, before: np.ndarray, mask: np.ndarray, value: Any,
-                     shape: tuple[int, ...]) -> bytes:
-        return encode_index(mask[before])  # over the positions still kept: all, alone
+    def index_kind(self, shape: tuple[int, ...], value: Any, before: int, kept: int) -> Kind:
+        return Gaps(before, kept)  # over the positions still kept: all, alone
 
-    def decode_index(self, reader: Reader, before: np.ndarray, value: Any,
-                     shape: tuple[int, ...], kept: int, key: str) -> np.ndarray:
-        among = decode_index(reader, int(before.sum()), kept, key)
+    def index_symbols(self, before: np.ndarray, mask: np.ndarray, value: Any,
+                      shape: tuple[int, ...]) -> np.ndarray:
+        return Gaps.of(mask[before])
+
+    def mask_of(self, symbols: np.ndarray, before: np.ndarray, value: Any,
+                shape: tuple[int, ...], key: str) -> np.ndarray:
+        among = Gaps(int(before.sum()), len(symbols)).mask(symbols, key)
         keep = np.zeros_like(before)
         keep[np.flatnonzero(before)[among]] = True
         return keep

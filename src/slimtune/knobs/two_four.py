@@ -10,7 +10,8 @@ the shape alone, which weights carry the pattern. It comes before unstructured s
 (``stage``), which then zeroes more only if it asks for more than half.
 
 In the artifact each group's pattern is one of the C(4, 2) = 6 ways to keep two of four:
-3 bits per group, 0.75 bits per weight (a bitmap would take 1).
+a stream of patterns, 3 bits per group fixed-width (0.75 bits per weight; a bitmap would
+take 1), or entropy-coded (log2 6 = 2.58 bits per group at most).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from slimtune.codec import Reader, pack, unpack
+from slimtune.codec.streams import Kind, Patterns
 from slimtune.errors import ArtifactError, ConfigError, SlimtuneError
 from slimtune.knobs.base import Choices, MaskKnob
 
@@ -29,7 +30,6 @@ from slimtune.knobs.base import Choices, MaskKnob
 PATTERNS = tuple(sum(1 << i for i in pair) for pair in itertools.combinations(range(4), 2))
 _CODE_OF = np.full(16, 255, dtype=np.uint8)
 _CODE_OF[list(PATTERNS)] = np.arange(len(PATTERNS), dtype=np.uint8)
-_BITS = 3  # per group: 6 patterns need 3 bits
 
 
 def applies(shape: tuple[int, ...]) -> bool:
@@ -80,23 +80,24 @@ class TwoFour(MaskKnob):
     def kept(self, shape: tuple[int, ...], value: Any, before: int) -> int:
         return before // 2 if applies(shape) else before
 
-    def encode_index(self, before: np.ndarray, mask: np.ndarray, value: Any,
-                     shape: tuple[int, ...]) -> bytes:
+    def index_kind(self, shape: tuple[int, ...], value: Any, before: int, kept: int) -> Kind:
+        return Patterns(int(np.prod(shape)) // 4)
+
+    def index_symbols(self, before: np.ndarray, mask: np.ndarray, value: Any,
+                      shape: tuple[int, ...]) -> np.ndarray:
         if not before.all():
             raise SlimtuneError("2:4 sparsity must be the first mask of a weight")
         nibbles = np.packbits(mask.reshape(-1, 4), axis=1, bitorder="little")[:, 0]
         codes = _CODE_OF[nibbles]
         if (codes == 255).any():
             raise SlimtuneError("a weight does not hold the 2:4 pattern its plan says")
-        return pack(codes.astype(np.int64), _BITS)
+        return codes.astype(np.int64)
 
-    def decode_index(self, reader: Reader, before: np.ndarray, value: Any,
-                     shape: tuple[int, ...], kept: int, key: str) -> np.ndarray:
-        groups = len(before) // 4
-        codes = unpack(reader.take((groups * _BITS + 7) // 8), groups, _BITS)
-        if groups and codes.max() >= len(PATTERNS):
+    def mask_of(self, symbols: np.ndarray, before: np.ndarray, value: Any,
+                shape: tuple[int, ...], key: str) -> np.ndarray:
+        if len(symbols) and symbols.max() >= len(PATTERNS):
             raise ArtifactError(f"the artifact's 2:4 index for `{key}` is corrupted")
-        nibbles = np.asarray(PATTERNS, dtype=np.uint8)[codes]
+        nibbles = np.asarray(PATTERNS, dtype=np.uint8)[symbols]
         keep = np.unpackbits(nibbles[:, None], axis=1, count=4, bitorder="little")
         return keep.reshape(-1).astype(bool) & before
 

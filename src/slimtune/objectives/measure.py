@@ -2,10 +2,16 @@
 objective measured on that model (the numbers a user gets from ``slimtune export``).
 
 Per trial the student is copied without its parametrizations once before training
-(:meth:`Measured.of`: the artifact's size, the FLOPs and the stored-weight counts are
+(:meth:`Measured.of`: the FLOPs, the stored-weight counts and the fixed-width size are
 exact from then on, since fine-tuning keeps masks, bits and shapes) and once after it
-(:meth:`Measured.again`: the new weights); the plain copy is the structure the artifact
-is decoded into, so the compressed model is never rebuilt from the zoo and the plan.
+(:meth:`Measured.again`: the new weights, so a new artifact whose entropy-coded size is
+the one on the front); the plain copy is the structure the artifact is decoded into, so
+the compressed model is never rebuilt from the zoo and the plan.
+
+Two sizes, each named for what it is: ``size_bytes``, the length of the artifact (the
+file a user exports: entropy-coded, so it depends on the weights), and
+``fixed_size_bytes``, the same artifact with every stream fixed-width: an upper bound of
+``size_bytes`` that training cannot change, which the budget check before training uses.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class Measured:
     """A student's artifact and what is measured of it (lazily, each once)."""
 
     blob: bytes
+    #: the length of the fixed-width layout: an upper bound of ``len(blob)``, the plan's
+    fixed_size: int
     flops: FlopsReport  # dense / effective / bit operations, exact from the plan
     stored: dict[str, tuple[int, int]]  # compressed layer -> (weights stored, bits)
     input_shape: tuple[int, ...]
@@ -64,8 +72,9 @@ class Measured:
         plain, parts = plain_copy(student)
         stored = stored_weights(plain, plan)
         report = count_flops(plain, header.input_shape, stored)
-        out = cls(encode_plain(plain, parts, header), report, stored, header.input_shape,
-                  val, device, plain, header, latency, calibrate)
+        fixed = len(encode_plain(plain, parts, header, entropy=False))
+        out = cls(encode_plain(plain, parts, header), fixed, report, stored,
+                  header.input_shape, val, device, plain, header, latency, calibrate)
         out.model  # noqa: B018 - decoded now: what cannot be stored fails before training
         return out
 
@@ -76,7 +85,8 @@ class Measured:
         from slimtune.export.artifact import encode_plain
 
         plain, parts = plain_copy(student)
-        out = Measured(encode_plain(plain, parts, self.header), self.flops, self.stored,
+        out = Measured(encode_plain(plain, parts, self.header), self.fixed_size, self.flops,
+                       self.stored,
                        self.input_shape, self.val, self.device, plain, self.header,
                        self.latency, self.calibrate)
         out.model  # noqa: B018 - decoded now, as before training
@@ -109,12 +119,14 @@ class Measured:
     def results(self, objectives: Iterable[str] = (), *,
                 test: Split | None = None) -> dict[str, Any]:
         """Metric -> value for the recorded objectives and ``objectives``, with
-        ``dense_flops`` and ``bitops``; ``test`` (reports only, never the search) adds
-        ``test_accuracy``."""
-        names = list(dict.fromkeys([*RECORDED, *objectives]))
+        ``dense_flops``, ``bitops``, ``fixed_size_bytes`` and ``stored_weights`` (so
+        every trial has its bits per stored weight); ``test`` (reports only, never the
+        search) adds ``test_accuracy``."""
+        names = list(dict.fromkeys([*RECORDED, "weights", *objectives]))
         out: dict[str, Any] = {OBJECTIVES[n].metric: objective(n).measure(self) for n in names}
         out["dense_flops"] = self.flops.dense
         out["bitops"] = self.flops.bitops
+        out["fixed_size_bytes"] = self.fixed_size
         if test is not None:
             out["test_accuracy"] = accuracy_on(self.model, test)
         return out

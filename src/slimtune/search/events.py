@@ -17,9 +17,11 @@ from slimtune.search.study import Run
 __all__ = ["SearchEvents", "SearchResult", "TrialRecord"]
 
 #: the metrics a trial function returns, stored in the trial's user attributes (accuracy
-#: as ``val_accuracy``) and measured the same way for the teacher
-#: what a trial's results hold that its user attributes keep: every objective's metric
-_METRICS = (*(o.metric for o in OBJECTIVES.values()), "dense_flops", "bitops")
+#: as ``val_accuracy``) and measured the same way for the teacher: every objective's
+#: metric, the dense FLOPs and bit operations, and the fixed-width size (the upper bound
+#: of ``size_bytes`` the budget check used)
+_METRICS = (*(o.metric for o in OBJECTIVES.values()), "dense_flops", "bitops",
+            "fixed_size_bytes")
 
 
 @dataclass

@@ -55,7 +55,7 @@ from slimtune.search.pareto import FrontPoint, hypervolume
 from slimtune.search.rung import RungSpec, state_path
 from slimtune.search.signals import Signals
 from slimtune.search.study import Run
-from slimtune.search.trial import TrialSpec
+from slimtune.search.trial import TrialSpec, budget_size
 from slimtune.spaces.space import SearchSpace
 from slimtune.trust import Trust
 
@@ -288,7 +288,8 @@ def _stop(screen: optuna.Study, pending: dict[Any, _Running], reason: str) -> No
 
 def _costs_of(attrs: dict[str, Any], config: SearchConfig) -> dict[str, float]:
     """A plan's costs as its first rung measured them (they cannot change up the ladder)."""
-    keys = ("size_bytes", "flops", "dense_flops", "bitops", *_cost_metrics(config))
+    keys = ("size_bytes", "fixed_size_bytes", "flops", "dense_flops", "bitops",
+            *_cost_metrics(config))
     return {k: attrs[k] for k in dict.fromkeys(keys) if k in attrs}
 
 
@@ -317,10 +318,11 @@ def _attrs(out: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
 
 
 def _constraints(config: SearchConfig, out: dict[str, Any], final: bool) -> dict[str, float]:
-    """What ``trial.constraints`` holds (<= 0: met); accuracy only for a fully trained plan."""
+    """What ``trial.constraints`` holds (<= 0: met); accuracy only for a fully trained plan.
+    The size's is on the fixed-width size, the number the budget check used."""
     limits, c = config.constraints, {}
     if "size" in limits:
-        c["size"] = out["size_bytes"] / limits["size"] - 1.0
+        c["size"] = budget_size(out) / limits["size"] - 1.0
     if "flops" in limits:
         c["flops"] = out["flops"] / limits["flops"] - 1.0
     if "accuracy" in limits and final:

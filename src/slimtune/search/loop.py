@@ -44,7 +44,7 @@ from slimtune.search.optuna_internals import (
 from slimtune.search.pareto import FrontPoint, hypervolume
 from slimtune.search.signals import Signals
 from slimtune.search.study import HEARTBEAT_INTERVAL, Run
-from slimtune.search.trial import TrialSpec, early_stop_axes
+from slimtune.search.trial import TrialSpec, budget_size, early_stop_axes
 from slimtune.spaces.space import SearchSpace
 from slimtune.trust import Trust
 
@@ -321,7 +321,7 @@ def _finish(
     feasible = True
     limits = config.constraints
     if limits:
-        measured = {"size": out["size_bytes"] / limits.get("size", 1) - 1.0,
+        measured = {"size": budget_size(out) / limits.get("size", 1) - 1.0,
                     "flops": out["flops"] / limits.get("flops", 1) - 1.0,
                     "accuracy": limits.get("accuracy", 0.0) - float(out["accuracy"])}
         for name in limits:  # the sampler reads these: it steers away from violations

@@ -2,9 +2,10 @@
 
 Before any training the trial re-estimates the compressed student's BatchNorm
 statistics (compress/recalibrate.py: the teacher's do not fit a pruned, factorized or
-quantized student) and encodes it, untrained: its size and FLOPs are already final
+quantized student) and encodes it, untrained: its FLOPs and its fixed-width size (an
+upper bound of the entropy-coded file, whatever the training does) are already final
 (fine-tuning keeps masks, bits and shapes), so a plan over the size or FLOPs budget
-stops there. During the fine-tune it measures validation accuracy
+stops there. The size on the front is the file's after fine-tuning. During the fine-tune it measures validation accuracy
 after every epoch and stops early when a finished trial that is no larger and needs no
 more FLOPs beats it by more than a margin that shrinks as epochs pass.
 """
@@ -30,7 +31,7 @@ from slimtune.search.worker import set_up, teacher_logits, worker_device
 from slimtune.spaces.plan import CompressionPlan
 
 __all__ = ["TrialSpec", "run_trial", "measure", "early_stop_margin", "dominator",
-           "worker_device", "early_stop_axes"]
+           "worker_device", "early_stop_axes", "budget_size"]
 
 #: a finished trial, as early stopping sees it: (its number, metric -> value)
 Finished = tuple[int, dict[str, float]]
@@ -61,6 +62,12 @@ class TrialSpec:
     trust: tuple[str, ...] = ()
     #: how the latency objective times a model (``--latency-*``)
     latency: LatencyConfig = LatencyConfig()
+
+
+def budget_size(out: dict[str, Any]) -> int:
+    """The size a trial's results are held to ``--max-size`` by: the fixed-width size, an
+    upper bound known before training (results from before it existed: ``size_bytes``)."""
+    return int(out.get("fixed_size_bytes", out["size_bytes"]))
 
 
 def early_stop_margin(epoch: int, epochs: int) -> float:
@@ -128,11 +135,12 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
     # before it is measured untrained (an over-budget plan's accuracy) and before it trains
     recalibrate_batchnorm(student, train.train, generator=torch.Generator().manual_seed(spec.seed))
 
-    # size, FLOPs and stored weights are final before training: a plan over budget stops
+    # FLOPs, stored weights and the size's upper bound are final before training: a plan
+    # over budget stops
     measured = Measured.of(student, spec.model, data.num_classes, data.input_shape, plan,
                            data.val, device, latency=spec.latency, calibrate=data.train)
     size, flops = len(measured.blob), measured.flops.effective
-    if (spec.max_size is not None and size > spec.max_size) or (
+    if (spec.max_size is not None and measured.fixed_size > spec.max_size) or (
         spec.max_flops is not None and flops > spec.max_flops
     ):
         out = {"status": "over_budget", **measured.results(spec.objectives),
@@ -168,7 +176,8 @@ def run_trial(spec: TrialSpec, teacher_state: dict[str, torch.Tensor]) -> dict[s
                 generator=torch.Generator().manual_seed(spec.seed), on_epoch=on_epoch)
     except _Stop as stop:
         return {
-            "status": "pruned", "accuracy": stop.acc, "size_bytes": size, "flops": flops,
+            "status": "pruned", "accuracy": stop.acc, "size_bytes": size,
+            "fixed_size_bytes": measured.fixed_size, "flops": flops,
             "dense_flops": measured.flops.dense, "bitops": measured.flops.bitops,
             "epochs_trained": stop.epoch, "curve": curve, "dominated_by": stop.by[0],
             "dominator_accuracy": stop.by[1], "seconds": time.perf_counter() - t0,
