@@ -48,19 +48,23 @@ def _write_report(run_dir: Path, storage: str | None, study_name: str,
 def _print_front(run_dir: Path, storage: str | None = None,
                  study_name: str = _D.study_name, html_path: Path | None = None) -> None:
     from slimtune.api import front_info, suggested_export
+    from slimtune.units import bits_per_weight
 
     info = front_info(run_dir, storage=storage, study_name=study_name)
     t = info.teacher
     table = Table(title=f"Pareto front of {run_dir} ({info.model} on {info.dataset}; "
                         "accuracy on the validation split)")
-    cols = ["trial", "accuracy", "size", "x smaller", "FLOPs", "x fewer", "dense", "BOPs"]
+    cols = ["trial", "accuracy", "size", "bits/w", "x smaller", "FLOPs", "x fewer", "dense",
+            "BOPs"]
     if info.has_latency:
         cols.append("latency")
     for col in cols:
         table.add_column(col, justify="right")
 
     def row(name: str, p: Any, xs: str, xf: str, style: str | None = None) -> None:
-        cells = [name, f"{p['accuracy']:.4f}", _fmt_bytes(p["size_bytes"]), xs,
+        bpw = bits_per_weight(p["size_bytes"], p.get("stored_weights"))
+        cells = [name, f"{p['accuracy']:.4f}", _fmt_bytes(p["size_bytes"]),
+                 f"{bpw:.2f}" if bpw is not None else "-", xs,
                  _fmt_count(p["flops"]), xf, _fmt_count(p.get("dense_flops") or 0),
                  _fmt_count(p.get("bitops") or 0)]
         if info.has_latency:
@@ -72,8 +76,10 @@ def _print_front(run_dir: Path, storage: str | None = None,
     for p in info.front:
         row(str(p.trial), p.to_dict(), f"{info.x_smaller(p):.1f}", f"{info.x_fewer(p):.2f}")
     Console(highlight=False, markup=False, width=max(100, Console().width)).print(table)
-    err.print("FLOPs = effective MACs at batch 1 (pruned weights skipped; the objective), "
-              "dense = every weight multiplied, BOPs = MACs x weight bits x 32 activation bits")
+    err.print("size = bytes of the exported file (entropy-coded), bits/w = its bits per "
+              "weight it stores; FLOPs = effective MACs at batch 1 (pruned weights skipped; "
+              "the objective), dense = every weight multiplied, BOPs = MACs x weight bits x "
+              "32 activation bits")
     names = {"size": "size", "flops": "FLOPs", "latency": "latency", "weights": "weights"}
     costs = [names.get(o, o) for o in info.objectives if o != "accuracy"]
     ref = ", ".join("1" for _ in info.objectives)

@@ -170,12 +170,11 @@ class StreamRecord:
     symbols: np.ndarray
 
     def summary(self) -> dict[str, Any]:
-        """Bytes as stored, fixed-width and entropy-coded, and the zeroth-order bound."""
-        coded = (1 + len(rans.encode(self.symbols))
-                 if self.kind.codable and self.kind.count else None)
+        """Its bytes as stored and fixed-width, and the zeroth-order entropy bound of its
+        symbols in bytes (None for float32 values, which are never entropy-coded)."""
         return {"key": self.key, "stream": self.kind.what, "count": self.kind.count,
                 "bytes": self.end - self.start, "coded": self.tag == CODED,
-                "fixed_bytes": len(self.kind.fixed(self.symbols)), "coded_bytes": coded,
+                "fixed_bytes": len(self.kind.fixed(self.symbols)),
                 "entropy_bytes": rans.entropy_bits(self.symbols) / 8
                 if self.kind.codable else None}
 

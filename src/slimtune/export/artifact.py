@@ -72,7 +72,7 @@ from slimtune.trust import NO_TRUST, Trust
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "encode_plain", "decode", "save",
            "load", "skeleton", "read_artifact", "read_header", "stored_weights",
-           "open_artifact", "load_with_header", "transcode", "layout", "_Reader"]
+           "open_artifact", "load_with_header", "transcode", "streams_of", "_Reader"]
 
 
 @dataclass(frozen=True)
@@ -320,14 +320,6 @@ def _elements(header: Header, structure: nn.Module | None, model: nn.Module | No
               trust: Trust) -> int:
     built = structure if structure is not None else skeleton(header, trust=trust, base=model)
     return sum(t.numel() for t in built.state_dict().values())
-
-
-def layout(data: bytes, **kwargs: Any) -> list[dict[str, Any]]:
-    """Each stream of an artifact (in file order): its weight, what it holds, its symbol
-    count, its bytes as stored, whether it is entropy-coded, its bytes fixed-width and
-    entropy-coded, and the zeroth-order entropy of its symbols in bytes (the bound an
-    entropy coder without context approaches). ``kwargs``: as :func:`streams_of`."""
-    return [rec.summary() for rec in streams_of(data, **kwargs)[2]]
 
 
 def save(path: str | Path, data: bytes) -> None:

@@ -11,6 +11,7 @@ from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
 from slimtune.export.artifact import load_with_header, open_artifact_bytes
 from slimtune.export.onnx_options import OnnxOptions
+from slimtune.export.storage import storage
 from slimtune.files import atomic_path, write_into
 from slimtune.models.train import accuracy  # the objective, beside the loop it reports
 from slimtune.trust import Trust
@@ -187,7 +188,7 @@ def export(
     ds = load_dataset(cfg["data"], cfg.get("data_dir"), cfg.get("subset"), cfg.get("val_subset"),
                       trust=trust, source=f"the study of {run.dir}")
     val_acc, macs, dense, bitops = _stored_numbers(t.user_attrs, raw, src)
-    card = card_of(run, trial, header, raw, val_accuracy=val_acc,
+    card = card_of(run, trial, header, raw, model, val_accuracy=val_acc,
                    test_accuracy=accuracy(model, ds.test), flops=macs, dense_flops=dense,
                    bitops=bitops)
     write_export(paths, raw, card, onnx_writer(model, header, options, out, ds.train, ds.test))
@@ -209,17 +210,20 @@ def onnx_writer(model: Any, header: Any, options: OnnxOptions, out: str | Path,
     return write
 
 
-def card_of(run: StoredRun, trial: int, header: Any, raw: bytes, *, val_accuracy: float,
+def card_of(run: StoredRun, trial: int, header: Any, raw: bytes, model: Any, *,
+            val_accuracy: float,
             test_accuracy: float, flops: int, dense_flops: int, bitops: int,
             data: dict[str, Any] | None = None,
             teacher: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The model card of the artifact ``raw`` (its ``header``) made from trial ``trial`` of
-    ``run``: its numbers, the teacher's, and the ratios between them. ``data``: the data
-    set fields when they differ from the search's (a fine-tune on the full split), and
-    ``teacher`` its numbers measured there."""
+    """The model card of the artifact ``raw`` (its ``header``; ``model``, decoded from it)
+    made from trial ``trial`` of ``run``: its numbers, the teacher's, the ratios between
+    them, and what its bytes are spent on (``storage``). ``data``: the data set fields when
+    they differ from the search's (a fine-tune on the full split), and ``teacher`` its
+    numbers measured there."""
     meta = run.meta
     cfg = meta["config"]
     teacher = teacher or meta["teacher"]
+    spent = storage(raw, model)
     data = data or {"dataset": cfg["data"], "data_dir": cfg.get("data_dir"),
                     "subset": cfg.get("subset"), "val_subset": cfg.get("val_subset")}
     return {
@@ -234,6 +238,9 @@ def card_of(run: StoredRun, trial: int, header: Any, raw: bytes, *, val_accuracy
         "val_accuracy": val_accuracy,
         "test_accuracy": test_accuracy,
         "size_bytes": len(raw),
+        "fixed_size_bytes": spent["fixed_size_bytes"],
+        "stored_weights": spent["stored_weights"],
+        "bits_per_weight": spent["bits_per_weight"],
         "flops": flops,
         "dense_flops": dense_flops,
         "bitops": bitops,
@@ -247,6 +254,7 @@ def card_of(run: StoredRun, trial: int, header: Any, raw: bytes, *, val_accuracy
                 test_accuracy / teacher["test_accuracy"] if teacher["test_accuracy"] else None
             ),
         },
+        "storage": spent,
     }
 
 

@@ -36,6 +36,7 @@ from slimtune.compress.apply import apply
 from slimtune.compress.distill import DistillConfig, distill
 from slimtune.data.datasets import load_dataset
 from slimtune.errors import ConfigError, RunDirError
+from slimtune.export.artifact import transcode
 from slimtune.export.card import card_of, onnx_writer, output_paths, trial_artifact, write_export
 from slimtune.export.onnx_options import OnnxOptions
 from slimtune.models.teacher import _load_state
@@ -168,9 +169,11 @@ def finetune(
 
     measured = Measured.of(student, header.model, header.num_classes, header.input_shape,
                            plan, data.val)
-    if len(measured.blob) != len(raw):
-        raise RunDirError(f"the fine-tuned artifact is {len(measured.blob):,} bytes but the "
-                          f"trial's is {len(raw):,}: the plan changed (a bug; please report)")
+    fixed = len(transcode(raw, entropy=False, structure=searched))  # same plan, same masks
+    if measured.fixed_size != fixed:
+        raise RunDirError(f"the fine-tuned artifact is {measured.fixed_size:,} bytes "
+                          f"fixed-width but the trial's is {fixed:,}: the plan changed (a bug; "
+                          "please report)")
     results = measured.results(test=data.test)  # the test split: read here only
     search_numbers = {"val_accuracy": float(t.user_attrs["val_accuracy"]),
                       "val_accuracy_full": curve[0],
@@ -181,7 +184,7 @@ def finetune(
               "seed": config.seed, "train_examples": len(data.train),
               "val_curve": curve, "loss_curve": losses, "seconds": round(seconds, 1),
               "device": str(device), "search": search_numbers}
-    card = card_of(run, trial, header, measured.blob,
+    card = card_of(run, trial, header, measured.blob, measured.model,
                    val_accuracy=float(results["accuracy"]),
                    test_accuracy=float(results["test_accuracy"]),
                    flops=int(results["flops"]), dense_flops=int(results["dense_flops"]),

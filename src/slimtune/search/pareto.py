@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from slimtune.objectives import dominance
 from slimtune.objectives.dominance import nondominated
 from slimtune.objectives.table import DEFAULT_OBJECTIVES, OBJECTIVES, objectives_of
+from slimtune.units import bits_per_weight
 
 __all__ = ["FrontPoint", "pareto_front", "front_of", "hypervolume", "normalized_losses",
            "feasible"]
@@ -29,6 +30,15 @@ class FrontPoint:
     latency_ms: float | None = None
     #: the other objectives' metrics the trial recorded (e.g. ``stored_weights``)
     extra: dict[str, float] = field(default_factory=dict, compare=False)
+    #: the size fixed-width: the upper bound the budget check used (None: a trial of
+    #: before entropy coding, whose ``size_bytes`` is fixed-width already)
+    fixed_size_bytes: int | None = field(default=None, compare=False)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Bits of the file per weight it stores (None: the trial did not record its
+        stored weights)."""
+        return bits_per_weight(self.size_bytes, self.extra.get("stored_weights"))
 
     def metric(self, name: str) -> float:
         """The value of trial metric ``name`` (``accuracy``, ``size_bytes``, ...)."""
@@ -52,6 +62,10 @@ class FrontPoint:
         if self.latency_ms is not None:
             d["latency_ms"] = self.latency_ms
         d.update(self.extra)
+        if self.fixed_size_bytes is not None:
+            d["fixed_size_bytes"] = self.fixed_size_bytes
+        if self.bits_per_weight is not None:
+            d["bits_per_weight"] = self.bits_per_weight
         return d
 
     @classmethod
@@ -67,6 +81,7 @@ class FrontPoint:
             bitops=a.get("bitops"),
             latency_ms=a.get("latency_ms"),
             extra=_extra(a),
+            fixed_size_bytes=a.get("fixed_size_bytes"),
         )
 
     @classmethod
@@ -75,7 +90,7 @@ class FrontPoint:
         return cls(trial=number, accuracy=float(out["accuracy"]),
                    size_bytes=int(out["size_bytes"]), flops=int(out["flops"]), plan={},
                    latency_ms=out.get("latency_ms"),
-                   extra=_extra(out))
+                   extra=_extra(out), fixed_size_bytes=out.get("fixed_size_bytes"))
 
 
 def feasible(t: optuna.trial.FrozenTrial) -> bool:

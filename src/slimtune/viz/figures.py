@@ -34,7 +34,9 @@ _TEMPLATE = "plotly_white"
 def _hover(info: FrontInfo, p: FrontPoint, plan: bool) -> str:
     t = info.teacher
     lines = [f"<b>trial {p.trial}</b>",
-             f"{p.size_bytes:,} B ({info.x_smaller(p):.1f}x smaller)",
+             f"{p.size_bytes:,} B ({info.x_smaller(p):.1f}x smaller"
+             + (f", {p.bits_per_weight:.2f} bits a weight)" if p.bits_per_weight is not None
+                else ")"),
              f"{p.flops:,} MACs ({info.x_fewer(p):.2f}x fewer)",
              f"accuracy {p.accuracy:.4f} ({p.accuracy / t['accuracy'] * 100:.1f} % of the "
              "teacher)" if t["accuracy"] else f"accuracy {p.accuracy:.4f}"]

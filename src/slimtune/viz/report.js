@@ -69,6 +69,10 @@
     const ratio = (x, digits, what) => (x === null ? "" : " (" + fmt(x, digits) + "× " + what + ")");
     const stats = [
       ["size on disk", p.size_bytes.toLocaleString("en") + " B" + ratio(p.x_smaller, 1, "smaller")],
+      ["bits per stored weight", p.bits_per_weight === null ? "not recorded" :
+        fmt(p.bits_per_weight, 2) + (p.fixed_size_bytes === null ? "" : " (fixed-width: " +
+        fmt(p.bits_per_weight * p.fixed_size_bytes / p.size_bytes, 2) + ", " +
+        p.fixed_size_bytes.toLocaleString("en") + " B)")],
       ["effective MACs", p.flops.toLocaleString("en") + ratio(p.x_fewer, 2, "fewer")],
       ["validation accuracy", fmt(p.accuracy, 4) + (p.relative === null ? "" :
         " (" + fmt(100 * p.relative, 1) + " % of the teacher's)")],

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from slimtune import __version__
 from slimtune.search.study import Run
-from slimtune.units import fmt_bytes, fmt_count
+from slimtune.units import bits_per_weight, fmt_bytes, fmt_count
 from slimtune.viz import figures
 from slimtune.viz.front import FrontInfo, as_run, front_info, number, suggested
 from slimtune.viz.history import HistoryInfo, history_info
@@ -132,6 +132,7 @@ def _point_data(info: ReportInfo) -> dict[str, Any]:
             "trial": p.trial, "front": p.trial in on_front,
             "infeasible": p.trial in f.infeasible,
             "size_bytes": p.size_bytes, "flops": p.flops, "accuracy": p.accuracy,
+            "fixed_size_bytes": p.fixed_size_bytes, "bits_per_weight": p.bits_per_weight,
             "latency_ms": p.latency_ms,
             "x_smaller": number(f.x_smaller(p)), "x_fewer": number(f.x_fewer(p)),
             "relative": p.accuracy / f.teacher["accuracy"] if f.teacher["accuracy"] else None,
@@ -146,11 +147,13 @@ def _point_data(info: ReportInfo) -> dict[str, Any]:
 
 def _table_html(info: ReportInfo) -> str:
     f = info.front
-    head = ("<tr><th>trial</th><th>size</th><th>× smaller</th><th>effective MACs</th>"
+    head = ("<tr><th>trial</th><th>size</th><th>bits / weight</th><th>× smaller</th>"
+            "<th>effective MACs</th>"
             "<th>× fewer MACs</th><th>validation accuracy</th><th>of the teacher's</th>"
             "<th>test accuracy</th><th>export command</th></tr>")
     t = f.teacher
     rows = [f"<tr class='teacher'><td>teacher</td><td>{fmt_bytes(t['size_bytes'])}</td>"
+            f"<td>{_bits(bits_per_weight(t['size_bytes'], t.get('stored_weights')))}</td>"
             f"<td>1.0</td><td>{fmt_count(t['flops'])}</td><td>1.00</td>"
             f"<td>{t['accuracy']:.4f}</td><td>100.0 %</td>"
             f"<td>{t['test_accuracy']:.4f} <span class='src'>(the uncompressed model)</span>"
@@ -162,11 +165,15 @@ def _table_html(info: ReportInfo) -> str:
         cmd = html.escape(r.command)
         rows.append(
             f"<tr data-trial='{r.trial}'><td>{r.trial}</td><td>{fmt_bytes(r.size_bytes)}</td>"
-            f"<td>{r.x_smaller:.1f}</td><td>{fmt_count(r.flops)}</td><td>{r.x_fewer:.2f}</td>"
+            f"<td>{_bits(r.bits_per_weight)}</td><td>{r.x_smaller:.1f}</td><td>{fmt_count(r.flops)}</td><td>{r.x_fewer:.2f}</td>"
             f"<td>{r.val_accuracy:.4f}</td><td>{rel}</td><td>{test}</td>"
             f"<td><code>{cmd}</code> <button class='copy' data-copy='{cmd}'>copy</button>"
             "</td></tr>")
     return f"<table id='front-table'><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _bits(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "-"
 
 
 def _summary_html(info: ReportInfo) -> str:

@@ -24,6 +24,7 @@ class HeldOutAccuracy(NamedTuple):
 class FrontRow(NamedTuple):
     trial: int
     size_bytes: int
+    bits_per_weight: float | None  # bits of the file per weight it stores
     x_smaller: float
     flops: int
     x_fewer: float
@@ -94,7 +95,8 @@ def table_info(run: str | Path | Run, front: FrontInfo | None = None,
 def rows_of(front: FrontInfo, tests: dict[int, HeldOutAccuracy]) -> list[FrontRow]:
     """The table's rows for ``front`` with the test accuracies ``tests``."""
     t = front.teacher
-    return [FrontRow(p.trial, p.size_bytes, front.x_smaller(p), p.flops, front.x_fewer(p),
+    return [FrontRow(p.trial, p.size_bytes, p.bits_per_weight, front.x_smaller(p), p.flops,
+                     front.x_fewer(p),
                      p.accuracy, p.accuracy / t["accuracy"] if t["accuracy"] else None,
                      tests.get(p.trial),
                      command_of(front, p.trial))
