@@ -19,10 +19,12 @@ the plan, never from the stream)::
 
 Symbol ``i`` belongs to lane ``i % lanes`` (``lanes`` follows from ``count``: one under
 131072 symbols, decoded in plain Python; above, about one per 4096 symbols, a power of two,
-at most 1024, and the decoder advances every lane in one numpy step). A stream of one
-symbol value has scale 0 and neither states nor words: it costs its table. A lane's state is 32 bits with 16-bit renormalization (ryg_rans's
-"word" variant); the encoder starts each lane at 2**16, and the decoder checks that it
-ends there and consumed exactly the W words: a flipped table, state or word is refused.
+at most 1024, and the decoder advances every lane in one numpy step). A lane's state is
+32 bits with 16-bit renormalization (ryg_rans's "word" variant); the encoder starts each
+lane at 2**16, and the decoder checks that it ends there and consumed exactly the W
+words, and that the table sums to M with zero padding: a flipped table or state is
+refused (a flipped word almost always). A stream of one symbol value has scale 0 and
+neither states nor words: it costs its table.
 """
 
 from __future__ import annotations
@@ -151,9 +153,9 @@ def _read_table(reader: Reader, a: int, k: int, what: str) -> np.ndarray:
         i += 2 * z + 1
     reader.take(-(-i // 8))
     out = np.array(f, dtype=np.int64)
-    if int(out.sum()) != 1 << k or (out > 1 << k).any():
+    if any(bits[i:-(-i // 8) * 8]) or int(out.sum()) != 1 << k or (out > 1 << k).any():
         raise ArtifactError(f"the artifact's frequency table of {what} is corrupted "
-                            f"(its frequencies do not sum to 2**{k})")
+                            f"(its frequencies do not sum to 2**{k}, or its padding is not 0)")
     return out
 
 

@@ -33,7 +33,8 @@ from slimtune.spaces.plan import CompressionPlan
 from slimtune.trust import Trust
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "PREFIX", "CRC", "Header", "parse_head",
-           "check_model_bounds", "READABLE_FORMATS", "MAX_HEADER_BYTES", "MAX_HEADER_JSON", "MAX_CLASSES",
+           "check_model_bounds", "READABLE_FORMATS", "MAX_HEADER_BYTES", "MAX_HEADER_JSON",
+           "MAX_CLASSES",
            "MAX_INPUT_ELEMENTS", "MAX_ELEMENTS", "MAX_ACTIVATIONS", "ELEMENTS_PER_BYTE"]
 
 MAGIC = b"SLIMTUNE"

@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
-from slimtune.export.artifact import stored_weights, streams_of
 from slimtune.codec.streams import CODED
+from slimtune.export.artifact import stored_weights, streams_of
 from slimtune.units import bits_per_weight
 
 __all__ = ["layout", "storage"]

@@ -5,9 +5,10 @@ statistics (compress/recalibrate.py: the teacher's do not fit a pruned, factoriz
 quantized student) and encodes it, untrained: its FLOPs and its fixed-width size (an
 upper bound of the entropy-coded file, whatever the training does) are already final
 (fine-tuning keeps masks, bits and shapes), so a plan over the size or FLOPs budget
-stops there. The size on the front is the file's after fine-tuning. During the fine-tune it measures validation accuracy
-after every epoch and stops early when a finished trial that is no larger and needs no
-more FLOPs beats it by more than a margin that shrinks as epochs pass.
+stops there. The size on the front is the file's after fine-tuning. During the fine-tune
+it measures validation accuracy after every epoch and stops early when a finished trial
+that is no larger and needs no more FLOPs beats it by more than a margin that shrinks as
+epochs pass.
 """
 
 from __future__ import annotations
