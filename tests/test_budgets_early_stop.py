@@ -55,8 +55,10 @@ def test_over_budget_plans_are_recorded_infeasible_and_never_trained(ray_session
     for t in trials:
         a = t.user_attrs
         assert set(t.constraints) == {"size", "flops", "accuracy"}  # what the samplers read
-        too_big = a["size_bytes"] > 20_000 or a["flops"] > 300_000
-        assert (t.constraints["size"] > 0) == (a["size_bytes"] > 20_000)
+        # the size budget holds the fixed-width size, an upper bound known before training
+        assert a["size_bytes"] <= a["fixed_size_bytes"]
+        too_big = a["fixed_size_bytes"] > 20_000 or a["flops"] > 300_000
+        assert (t.constraints["size"] > 0) == (a["fixed_size_bytes"] > 20_000)
         assert (t.constraints["flops"] > 0) == (a["flops"] > 300_000)
         assert (t.constraints["accuracy"] > 0) == (a["val_accuracy"] < 0.5)
         artifact = run.artifact_path(t.number)

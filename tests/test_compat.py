@@ -12,7 +12,8 @@ import torch
 
 import slimtune
 from slimtune.compress import apply
-from slimtune.export.artifact import encode, layout, read_header, transcode
+from slimtune.export.artifact import encode, read_header, transcode
+from slimtune.export.storage import layout
 from slimtune.models import build_model
 
 DATA = Path(__file__).parent / "data"

@@ -70,16 +70,21 @@ def test_front_json_cli_and_html(run, capsys):
     code, out, _ = _cli(capsys, "front", str(run.run.dir), "--json")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc["teacher"]) == {"accuracy", "size_bytes", "flops", "dense_flops", "bitops"}
+    assert set(doc["teacher"]) == {"accuracy", "size_bytes", "flops", "dense_flops", "bitops",
+                                   "fixed_size_bytes", "stored_weights"}
     assert [p["trial"] for p in doc["front"]] == [p.trial for p in run.front]
     assert set(doc["front"][0]) == {"trial", "accuracy", "size_bytes", "flops", "plan",
-                                    "dense_flops", "bitops"}
+                                    "dense_flops", "bitops", "fixed_size_bytes",
+                                    "stored_weights", "bits_per_weight"}
     for p in doc["front"]:
         assert p["flops"] <= p["dense_flops"]  # effective (the objective) <= dense
+        assert p["size_bytes"] <= p["fixed_size_bytes"]  # entropy-coded only where smaller
+        assert p["bits_per_weight"] == 8 * p["size_bytes"] / p["stored_weights"]
     html = (run.run.dir / "report.html").read_text()
     assert "plotly" in html and "Pareto front" in html and len(html) > 100_000  # js inlined
     code, out, err = _cli(capsys, "front", str(run.run.dir))
     assert code == 0 and "teacher" in out and "x smaller" in out and "FLOPs" in out
+    assert "bits/w" in out
     assert "(size and FLOPs relative to the teacher, 1 - accuracy; reference point (1, 1, 1)" \
         in " ".join(out.split())  # the axes the run's objectives have
     # it suggests the smallest point keeping 95 % of the teacher's accuracy (else the best)

@@ -69,7 +69,8 @@ def run_dir(tmp_path):
     _add(study, 2, 0.85, 20_000, 6_000, plan=_plan(0.5, 8), phase="uniform")    # 0
     _add(study, 1, 0.88, 35_000, 9_000, phase="uniform",                          # 1: over
          constraints={"size": 35_000 / 30_000 - 1})
-    _add(study, 3, 0.80, 5_000, 3_000, plan=_plan(0.75, 4, keep=0.5), phase="guided")  # 2
+    _add(study, 3, 0.80, 5_000, 3_000, plan=_plan(0.75, 4, keep=0.5), phase="guided",  # 2
+         stored_weights=10_000, fixed_size_bytes=6_000)
     _add(study, 5, 0.70, 4_000, 4_000, plan=_plan(0.9, 2, rank=0.25))            # 3: sampler
     _add(study, 4, 0.60, 9_000, 5_000, state=optuna.trial.TrialState.PRUNED, epochs=1)  # 4
     _add(study, 6, 0.79, 6_000, 2_000, plan=_plan(0.8, 3), retry_of=2)            # 5: retry
@@ -173,6 +174,8 @@ def test_table_has_ratios_test_accuracy_and_the_export_command(run_dir):
     assert by[2].test.accuracy == 0.83 and "finetune, 5 epochs" in by[2].test.source
     assert by[0].test is None
     assert by[2].command == f"slimtune export {run_dir} --trial 2 --out student-2.slim"
+    # bits per stored weight: 8 x 5,000 bytes / 10,000 weights; an older trial has none
+    assert by[2].bits_per_weight == 4.0 and by[0].bits_per_weight is None
 
 
 def test_export_command_is_quoted_and_never_holds_the_storage_url(tmp_path):
@@ -219,6 +222,8 @@ def test_the_page_is_self_contained_with_every_view(run_dir):
     data = _data(html)
     assert [v["id"] for v in data["views"]] == ["fig-size", "fig-macs", "fig-3d",
                                                "fig-history", "fig-plan"]
+    table = html[html.index("<table id='front-table'>"):]
+    assert "<th>bits / weight</th>" in table and "<td>4.00</td>" in table
 
 
 def test_the_page_opens_on_the_suggested_export(run_dir):
@@ -250,6 +255,8 @@ def test_points_carry_plan_and_command_for_the_selection_panel(run_dir):
     assert p["plan"][0] == ["0.75", "0.50", "1.00", "4"] and p["test"][0] == 0.83
     assert data["points"]["1"]["infeasible"] and not data["points"]["1"]["front"]
     assert p["history"][0] == 3  # the third job to finish
+    assert p["bits_per_weight"] == 4.0 and p["fixed_size_bytes"] == 6_000
+    assert data["points"]["0"]["bits_per_weight"] is None
 
 
 def test_a_hostile_study_cannot_put_markup_into_the_page(tmp_path):

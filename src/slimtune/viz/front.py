@@ -51,7 +51,8 @@ class FrontInfo(NamedTuple):
         return hypervolume(self.front, self.teacher, self.objectives)
 
     def to_dict(self) -> dict[str, Any]:
-        keys = ("accuracy", "size_bytes", "flops", "dense_flops", "bitops", "latency_ms")
+        keys = ("accuracy", "size_bytes", "flops", "dense_flops", "bitops", "latency_ms",
+                "fixed_size_bytes", "stored_weights")
         return {
             "teacher": {k: self.teacher[k] for k in keys if k in self.teacher},
             "front": [p.to_dict() for p in self.front],
