@@ -194,6 +194,8 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--arms", default="search,uniform")
+    ap.add_argument("--points", default="P1,P2",
+                    help="which picks to converge (P1: the size goal, P2: the MACs goal)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/headline.json"))
     ap.add_argument("--run-root", type=Path, default=Path("/tmp/headline"))
     ap.add_argument("--teacher-only", action="store_true", help="stop after step 1")
@@ -234,7 +236,9 @@ def main() -> None:
                   f"{args.subset} images ...", flush=True)
             out["arms"][name] = step_arm(name, args, teacher_pt, root)
             done(name, out["arms"][name])
-    picks = {name: candidates(out["arms"][name]) for name in args.arms.split(",")}
+    picks = {name: [(why, n) for why, n in candidates(out["arms"][name])
+                    if why.split()[0] in args.points.split(",")]
+             for name in args.arms.split(",")}
     out["picks"] = {k: [[why, n] for why, n in v] for k, v in picks.items()}
     order = sorted(((i, name, n) for name, v in picks.items() for i, (_, n) in enumerate(v)))
     out.setdefault("finetune", {})
