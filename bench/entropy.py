@@ -55,6 +55,7 @@ def file_stats(name: str, data: bytes, model, rounds: int, min_count: int) -> di
         bound = rans.entropy_bits(r.symbols) / 8
         fixed_len = len(r.kind.fixed(r.symbols))
         rows.append({"weight": r.key, "stream": r.kind.what, "count": r.kind.count,
+                     "bits": getattr(r.kind, "bits", None),
                      "stored": r.end - r.start, "fixed": fixed_len, "coded": coded,
                      "entropy": round(bound, 1), "took": "coded" if r.tag == streams.CODED
                      else "fixed"})
@@ -86,6 +87,8 @@ def file_stats(name: str, data: bytes, model, rounds: int, min_count: int) -> di
         "streams_coded_bytes": big_coded, "streams_entropy_bytes": round(big_bound, 1),
         "gap_to_entropy": big_coded / big_bound - 1 if big_bound else None,
         "small_streams_coded_bytes": small_coded,
+        "streams_stored_bytes": sum(x["stored"] for x in rows),
+        "streams_all_entropy_bytes": round(sum(x["entropy"] for x in rows), 1),
         "small_streams_entropy_bytes": round(small_bound, 1),
         "ms": {k: round(1000 * statistics.median(v), 2) for k, v in times.items()},
         "streams": rows,
@@ -118,8 +121,9 @@ def _pct(x: float | None) -> str:
 def table(res: dict) -> str:
     lines = ["| file | bits | accuracy | bytes fixed-width | bytes entropy-coded | x fewer | "
              "bits/weight fixed -> coded | streams >= min: coded / entropy bound (gap) | "
-             "small streams: coded / bound | decode ms coded / fixed | code ms entropy / "
-             "fixed |", "|---|---|---:|---:|---:|---:|---|---|---|---|---|"]
+             "small streams: coded / bound | all streams as stored / bound (gap) | "
+             "decode ms coded / fixed | code ms entropy / fixed |",
+             "|---|---|---:|---:|---:|---:|---|---|---|---|---|---|"]
     for r in res["files"]:
         acc = f"{r['val_accuracy']:.4f}" if "val_accuracy" in r else "-"
         bits = "-".join(str(b) for b in r["bits"])
@@ -129,9 +133,35 @@ def table(res: dict) -> str:
             f"{r['bits_per_weight']:.2f} | {r['streams_coded_bytes']:,} / "
             f"{r['streams_entropy_bytes']:,.0f} ({_pct(r['gap_to_entropy'])}) | "
             f"{r['small_streams_coded_bytes']:,} / {r['small_streams_entropy_bytes']:,.0f} | "
+            f"{r['streams_stored_bytes']:,} / {r['streams_all_entropy_bytes']:,.0f} "
+            f"({_pct(r['streams_stored_bytes'] / r['streams_all_entropy_bytes'] - 1)}) | "
             f"{r['ms']['decode']:.1f} / {r['ms']['decode_fixed']:.1f} | "
             f"{r['ms']['code_entropy']:.1f} / {r['ms']['code_fixed']:.1f} |")
+    lines += ["", "| codes at | streams | codes | fixed bits/code | entropy (H0) bits/code | "
+              "coded bits/code | fixed / H0 |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for b, c in sorted(res["summary"]["codes_by_bits"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {b} | {c['streams']} | {c['codes']:,} | {b} | {c['h0']:.3f} | "
+                     f"{c['coded']:.3f} | {int(b) / c['h0']:.3f} |")
     return "\n".join(lines)
+
+
+def codes_by_bits(files: list[dict], min_count: int) -> dict:
+    """Per bit-width, over the codes streams of at least ``min_count`` codes: the
+    zeroth-order entropy and the coded size per code (what entropy coding can give)."""
+    out: dict[str, dict] = {}
+    for f in files:
+        for r in f["streams"]:
+            if r["stream"] == "codes" and r["count"] >= min_count:
+                c = out.setdefault(str(r["bits"]), {"streams": 0, "codes": 0, "h0": 0.0,
+                                                    "coded": 0.0})
+                c["streams"] += 1
+                c["codes"] += r["count"]
+                c["h0"] += 8 * r["entropy"]
+                c["coded"] += 8 * r["coded"]
+    for c in out.values():
+        c["h0"] /= c["codes"]
+        c["coded"] /= c["codes"]
+    return out
 
 
 def main() -> None:
@@ -168,6 +198,7 @@ def main() -> None:
             "max_gap_to_entropy": max((r["gap_to_entropy"] for r in big), default=None),
             "median_x_fewer_bytes_4bit_plus": float(np.median(
                 [r["x_fewer_bytes"] for r in files if r["min_bits"] >= 4] or [np.nan])),
+            "codes_by_bits": codes_by_bits(files, args.min_count),
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
