@@ -44,7 +44,8 @@ def file_stats(name: str, data: bytes, model, rounds: int, min_count: int) -> di
     from slimtune.export.artifact import decode, streams_of, transcode
     from slimtune.export.storage import storage
 
-    header, _, recs = streams_of(data, structure=model)
+    read = streams_of(data, structure=model)
+    header, recs = read.header, read.records
     fixed = transcode(data, entropy=False, structure=model)
     spent = storage(data, model)
     rows, big_coded, big_bound, small_coded, small_bound = [], 0, 0.0, 0, 0.0

@@ -178,7 +178,7 @@ def test_every_layer_form_round_trips_bit_for_bit_and_coded_is_never_larger(bits
         assert set(got[0]) == set(got[1])
         for key in got[0]:
             assert torch.equal(got[0][key], got[1][key]), (name, key)
-        recs = [streams_of(blob, model=Forms())[2] for blob in (coded, fixed)]
+        recs = [streams_of(blob, model=Forms()).records for blob in (coded, fixed)]
         assert [r.kind for r in recs[0]] == [r.kind for r in recs[1]]
         for a, b in zip(*recs, strict=True):
             assert np.array_equal(a.symbols, b.symbols), (name, a.key, a.kind)
@@ -251,7 +251,7 @@ def test_a_flipped_or_truncated_table_is_one_line_and_exit_2(tmp_path):
                 m.weight.copy_(torch.distributions.Laplace(0.0, 0.05).sample(m.weight.shape))
     plan = CompressionPlan({"classifier.1": LayerPlan(bits=6)})
     blob = encode(apply(teacher, plan, (1, 8, 8)), "small_cnn", 10, (1, 8, 8), plan)
-    rec = next(r for r in streams_of(blob)[2] if r.tag == CODED)
+    rec = next(r for r in streams_of(blob).records if r.tag == CODED)
     table = rec.start + 4  # tag, scale, escape width, alphabet: then the table
     cases = {
         "flipped.slim": _with_crc(blob[:table + 2] + bytes([blob[table + 2] ^ 0xFF])

@@ -41,7 +41,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -72,7 +72,8 @@ from slimtune.trust import NO_TRUST, Trust
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "Header", "encode", "encode_plain", "decode", "save",
            "load", "skeleton", "read_artifact", "read_header", "stored_weights",
-           "open_artifact", "load_with_header", "transcode", "streams_of", "_Reader"]
+           "open_artifact", "load_with_header", "transcode", "streams_of", "Streams",
+           "_Reader"]
 
 
 @dataclass(frozen=True)
@@ -278,12 +279,19 @@ def _decode_payload(data: bytes, start: int, end: int, model: nn.Module,
     return state
 
 
+class Streams(NamedTuple):
+    header: Header
+    start: int  # where the payload begins
+    records: list[streams.StreamRecord]  # every stream, in file order
+    model: nn.Module  # the model decoded
+
+
 def streams_of(data: bytes, *, trust: Trust = NO_TRUST, source: str = "the artifact",
                model: nn.Module | None = None, structure: nn.Module | None = None
-               ) -> tuple[Header, int, list[streams.StreamRecord]]:
-    """The header, payload start and every stream of an artifact, read with the same
-    checks as :func:`decode` (``structure``: the compressed model's structure, e.g. a
-    model decoded from these bytes, so no skeleton is built)."""
+               ) -> Streams:
+    """The header, payload start, every stream and the model of an artifact, read with
+    the same checks as :func:`decode` (``structure``: the compressed model's structure,
+    e.g. a model decoded from these bytes, so no skeleton is built)."""
     header, start = parse_head(data, len(data))
     _check_crc(data)
     if structure is not None:
@@ -292,8 +300,9 @@ def streams_of(data: bytes, *, trust: Trust = NO_TRUST, source: str = "the artif
         check_model_bounds(header, len(data), start, model, trust, source)
         built = _build(data, header, start, trust, source, model)[0]
     log: list[streams.StreamRecord] = []
-    _decode_payload(data, start, len(data) - CRC.size, built, header, log)
-    return header, start, log
+    built.load_state_dict(_decode_payload(data, start, len(data) - CRC.size, built, header,
+                                          log))
+    return Streams(header, start, log, built.eval())
 
 
 def transcode(data: bytes, *, entropy: bool = True, trust: Trust = NO_TRUST,
@@ -302,24 +311,19 @@ def transcode(data: bytes, *, entropy: bool = True, trust: Trust = NO_TRUST,
     with ``entropy=False``, else the smaller form), every other byte as it was. The codes,
     scales and masks are the file's own, so a format-1 file becomes exactly the file
     :func:`encode` would now write for its student."""
-    header, start, log = streams_of(data, trust=trust, model=model, structure=structure)
-    pieces, pos = [], start
-    for rec in log:
+    read = streams_of(data, trust=trust, model=model, structure=structure)
+    pieces, pos = [], read.start
+    for rec in read.records:
         if rec.kind.codable:
             pieces += [data[pos:rec.start], streams.write(rec.kind, rec.symbols,
                                                           entropy=entropy)]
             pos = rec.end
     pieces.append(data[pos:len(data) - CRC.size])
-    out = _frame(data[PREFIX.size:start], b"".join(pieces))
-    if entropy and _too_dense(_elements(header, structure, model, trust), len(out)):
+    out = _frame(data[PREFIX.size:read.start], b"".join(pieces))
+    elements = sum(t.numel() for t in read.model.state_dict().values())
+    if entropy and _too_dense(elements, len(out)):
         return transcode(data, entropy=False, trust=trust, model=model, structure=structure)
     return out
-
-
-def _elements(header: Header, structure: nn.Module | None, model: nn.Module | None,
-              trust: Trust) -> int:
-    built = structure if structure is not None else skeleton(header, trust=trust, base=model)
-    return sum(t.numel() for t in built.state_dict().values())
 
 
 def save(path: str | Path, data: bytes) -> None:

@@ -21,7 +21,7 @@ def layout(data: bytes, **kwargs: Any) -> list[dict[str, Any]]:
     count, its bytes as stored, whether it is entropy-coded, its bytes fixed-width, and the
     zeroth-order entropy of its symbols in bytes (the bound a coder without context
     approaches). ``kwargs``: as :func:`slimtune.export.artifact.streams_of`."""
-    return [rec.summary() for rec in streams_of(data, **kwargs)[2]]
+    return [rec.summary() for rec in streams_of(data, **kwargs).records]
 
 
 def storage(data: bytes, model: nn.Module) -> dict[str, Any]:
@@ -29,7 +29,8 @@ def storage(data: bytes, model: nn.Module) -> dict[str, Any]:
     bytes, fixed-width bytes (every stream fixed-width: the upper bound the search's
     budget check used), weights stored (the kept ones of each compressed Conv2d/Linear, all
     of any other), bits per stored weight, and per compressed weight its streams."""
-    header, _, log = streams_of(data, structure=model)
+    read = streams_of(data, structure=model)
+    header, log = read.header, read.records
     fixed = len(data) + sum(len(r.kind.fixed(r.symbols)) - (r.end - r.start) for r in log)
     kept = stored_weights(model, header.plan)
     total = sum(kept[n][0] if n in kept else m.weight.numel()
