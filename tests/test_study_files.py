@@ -479,3 +479,21 @@ def test_no_teacher_is_not_a_finished_run(tmp_path):
     with pytest.raises(RunDirError, match="not a finished slimtune run"):
         open_run(run_dir)
     assert snapshot(run_dir) == before
+
+
+def test_reading_a_run_in_its_searchs_process_keeps_the_searchs_sqlite_locks(tmp_path):
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it: a
+    run read in the process of its own search (the report at its end) must not drop the
+    search's, or another process closing its connection believes it is the last and
+    deletes the search's ``-wal`` under it (a fine-tune's record was lost that way)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="slimtune", storage=open_storage(tmp_path))
+    study.set_user_attr("trials", 1)  # the search's connection: open, in WAL mode
+    open_storage(tmp_path, read_only=True)  # a reader in the same process
+    other = ("import sqlite3; c = sqlite3.connect('study.db'); c.execute('create table x(y)');"
+             " c.commit(); c.close()")
+    subprocess.run([sys.executable, "-c", other], cwd=tmp_path, check=True)
+    assert (tmp_path / "study.db-wal").exists()  # the other process knew it was not last
+    study.set_user_attr("trials", 2)
+    assert optuna.load_study(study_name="slimtune", storage=open_storage(
+        tmp_path, read_only=True)).user_attrs["trials"] == 2

@@ -28,7 +28,6 @@ __all__ = ["DB_NAME", "storage_url", "open_storage"]
 
 DB_NAME = "study.db"
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 #: tables every Optuna RDB study has (a database without them is not one); the rest of the
 #: schema is Optuna's own version check's business (it says how to upgrade an old one)
 _OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
@@ -138,21 +137,22 @@ def _probe(db: Path, read_only: bool) -> dict[str, str]:
             else "move it away or choose another --run-dir")
     try:
         size = db.stat().st_size
-        with open(db, "rb") as f:
-            head = f.read(len(_SQLITE_MAGIC))
     except FileNotFoundError:
         raise RunDirError(f"{db} does not exist: not a slimtune run; give the run directory "
                           "(or the --storage URL) of a search") from None
     except OSError as exc:
         raise RunDirError(f"{db} cannot be read ({exc.strerror or exc}); check its "
                           "permissions, or choose another --run-dir") from None
+    if not os.access(db, os.R_OK):
+        raise RunDirError(f"{db} cannot be read (permission denied); check its "
+                          "permissions, or choose another --run-dir")
     if size == 0:
         if read_only:
             raise RunDirError(f"{db} is empty: not a slimtune run (a search that died before "
                               "it began?); run `slimtune search` on it, or give the run "
                               "directory of a finished search")
         return {}
-    if head != _SQLITE_MAGIC:
+    if not _has_sqlite_header(db):
         raise RunDirError(f"{db} is not a SQLite database (it does not begin with SQLite's "
                           f"header): not a slimtune run; {what}")
     params = _read_params(db)
@@ -173,6 +173,26 @@ def _probe(db: Path, read_only: bool) -> dict[str, str]:
             f"lacking Optuna's tables {', '.join(sorted(_OPTUNA_TABLES - tables))}"
         raise RunDirError(f"{db} is a SQLite database {kind}: not a slimtune run; {what}")
     return params
+
+
+def _has_sqlite_header(db: Path) -> bool:
+    """Whether ``db`` begins with SQLite's header, read by SQLite itself.
+
+    Never with Python's ``open``: closing any file descriptor of a file drops every POSIX
+    lock the process holds on it, so reading a run in the process of its own search (the
+    report at its end, ``slimtune.front`` after ``slimtune.search``) would drop the
+    search's lock; another process closing its connection then believes it is the last,
+    checkpoints and deletes the ``-wal`` under the search, whose later checkpoint writes
+    stale pages back (a fine-tune's record was lost that way; SQLite's "How To Corrupt An
+    SQLite Database File", 2.2). SQLite's own file layer keeps such descriptors open."""
+    con = sqlite3.connect(_sqlite_uri(db, {"mode": "ro", "immutable": "1"}), uri=True)
+    try:
+        con.execute("PRAGMA schema_version").fetchone()
+        return True
+    except sqlite3.DatabaseError as exc:  # anything else: _tables says what is wrong
+        return "not a database" not in str(exc)
+    finally:
+        con.close()
 
 
 def _tables(db: Path, params: dict[str, str]) -> set[str]:
