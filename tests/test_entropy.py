@@ -150,13 +150,20 @@ def _plans(bits: int) -> dict[str, CompressionPlan]:
     }
 
 
-def _student(plan: CompressionPlan, *, constant: dict[str, float] | None = None) -> nn.Module:
-    torch.manual_seed(0)
-    model = Forms().eval()
-    with torch.no_grad():  # trained weights are peaked: Laplace-like, not kaiming-uniform
+def _peaked(model: nn.Module) -> nn.Module:
+    """``model`` with Laplace-distributed Conv2d / Linear weights: trained weights are
+    peaked, not kaiming-uniform, and their codes skewed."""
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
                 m.weight.copy_(torch.distributions.Laplace(0.0, 0.05).sample(m.weight.shape))
+    return model
+
+
+def _student(plan: CompressionPlan, *, constant: dict[str, float] | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    model = _peaked(Forms().eval())
+    with torch.no_grad():
         for name, value in (constant or {}).items():
             model.get_submodule(name).weight.fill_(value)
     return apply(model, plan, SHAPE).eval()
@@ -245,10 +252,7 @@ def _with_crc(body: bytes) -> bytes:
 def test_a_flipped_or_truncated_table_is_one_line_and_exit_2(tmp_path):
     torch.manual_seed(0)
     teacher = build_model("small_cnn", 10, (1, 8, 8)).eval()
-    with torch.no_grad():
-        for m in teacher.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                m.weight.copy_(torch.distributions.Laplace(0.0, 0.05).sample(m.weight.shape))
+    _peaked(teacher)
     plan = CompressionPlan({"classifier.1": LayerPlan(bits=6)})
     blob = encode(apply(teacher, plan, (1, 8, 8)), "small_cnn", 10, (1, 8, 8), plan)
     rec = next(r for r in streams_of(blob).records if r.tag == CODED)
@@ -296,10 +300,7 @@ def test_the_budget_check_uses_the_fixed_width_size_and_the_front_the_file():
 
     torch.manual_seed(0)
     teacher = build_model("small_cnn", 10, (1, 8, 8)).eval()
-    with torch.no_grad():
-        for m in teacher.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
-                m.weight.copy_(torch.distributions.Laplace(0.0, 0.05).sample(m.weight.shape))
+    _peaked(teacher)
     names = [n for n, m in teacher.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     plan = CompressionPlan({n: LayerPlan(bits=6, sparsity=0.3) for n in names})
     data = load_dataset("digits", None, 400, None)

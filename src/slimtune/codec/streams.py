@@ -19,6 +19,7 @@ but no tag on codes or patterns (always fixed), and still reads.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,7 +37,7 @@ DELTA = 1
 CODED = 2
 
 
-class Kind:
+class Kind(ABC):
     """What a stream holds: ``count`` symbols, each in ``0 .. top``."""
 
     what: ClassVar[str]
@@ -47,12 +48,13 @@ class Kind:
     count: int
     top: int
 
+    @abstractmethod
     def fixed(self, symbols: np.ndarray) -> bytes:
         """The fixed-width form, with its tag."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read_fixed(self, reader: Reader, tag: int, key: str) -> np.ndarray:
-        raise NotImplementedError
+        """The symbols of the fixed-width form at ``reader`` (its tag already read)."""
 
 
 @dataclass(frozen=True)

@@ -31,19 +31,20 @@ def storage(data: bytes, model: nn.Module) -> dict[str, Any]:
     of any other), bits per stored weight, and per compressed weight its streams."""
     read = streams_of(data, structure=model)
     header, log = read.header, read.records
-    fixed = len(data) + sum(len(r.kind.fixed(r.symbols)) - (r.end - r.start) for r in log)
+    fixed_len = [len(r.kind.fixed(r.symbols)) for r in log]
+    fixed = len(data) + sum(f - (r.end - r.start) for r, f in zip(log, fixed_len, strict=True))
     kept = stored_weights(model, header.plan)
     total = sum(kept[n][0] if n in kept else m.weight.numel()
                 for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear))
     weights: dict[str, dict[str, Any]] = {}
-    for rec in log:
+    for rec, rec_fixed in zip(log, fixed_len, strict=True):
         w = weights.setdefault(rec.key, {"weight": rec.key, "stored": 0, "bytes": 0,
                                          "streams": []})
         w["bytes"] += rec.end - rec.start
         w["stored"] = rec.kind.count  # the values' stream comes last: the kept weights
         w["streams"].append({"stream": rec.kind.what, "coding": "entropy" if rec.tag == CODED
                              else "fixed", "bytes": rec.end - rec.start,
-                             "fixed_bytes": len(rec.kind.fixed(rec.symbols))})
+                             "fixed_bytes": rec_fixed})
     for w in weights.values():
         w["bits_per_weight"] = bits_per_weight(w["bytes"], w["stored"])
     return {"format": header.format, "size_bytes": len(data), "fixed_size_bytes": fixed,
